@@ -1,0 +1,377 @@
+# Column builders and text -> value converters (mirror of _pyparser.convert_text).
+#
+# Every converter takes the value's text (a CSV field, a JSON string's content, a JSON
+# number or true/false as written) and appends the value to one column, or returns an
+# ErrorCode without touching the column. All run without the GIL and never raise.
+# Values are written in the host's byte order: the extension is only built for
+# little-endian hosts, ClickHouse's Native byte order (checked in _native.pyx).
+
+from libc.stdint cimport int64_t, uint64_t, int8_t, int16_t, int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdlib cimport strtod
+from libc.math cimport isinf
+from cpython.mem cimport PyMem_RawMalloc
+
+cdef struct Column:
+    int code            # TypeCode
+    int width           # bytes per value in Native; 0 for String
+    bint nullable       # keeps a null map
+    Buf values          # fixed-width values, or the concatenated string bytes
+    Buf offsets         # String only: int64 end offsets, one per row after the leading 0
+    Buf nulls           # Nullable only: 1 byte per row, 1 = NULL
+    bint has_default    # a literal DEFAULT was declared
+    Buf default_value   # that DEFAULT, already converted (value bytes)
+
+
+cdef inline bint is_digit(unsigned char c) noexcept nogil:
+    return b'0' <= c <= b'9'
+
+
+cdef inline int col_push_null_flag(Column* col, char flag) noexcept nogil:
+    if col.nullable:
+        return buf_append_byte(&col.nulls, flag)
+    return 0
+
+
+cdef inline int col_end_string(Column* col) noexcept nogil:
+    cdef int64_t end = col.values.len
+    return buf_append(&col.offsets, <const char*>&end, 8)
+
+
+cdef int col_append_value(Column* col, const char* value, Py_ssize_t n, char null_flag) noexcept nogil:
+    # Append an already converted value (fixed width) or string bytes.
+    if buf_append(&col.values, value, n) < 0:
+        return ERR_NO_MEMORY
+    if col.width == 0 and col_end_string(col) < 0:
+        return ERR_NO_MEMORY
+    if col_push_null_flag(col, null_flag) < 0:
+        return ERR_NO_MEMORY
+    return ERR_NONE
+
+
+cdef int col_append_zero(Column* col, char null_flag) noexcept nogil:
+    cdef char zeros[8]
+    cdef int i
+    for i in range(8):
+        zeros[i] = 0
+    return col_append_value(col, zeros, col.width, null_flag)
+
+
+cdef int col_append_missing(Column* col) noexcept nogil:
+    if col.has_default:
+        return col_append_value(col, col.default_value.ptr, col.default_value.len, 0)
+    return col_append_zero(col, 1 if col.nullable else 0)
+
+
+cdef void col_undo_row(Column* col) noexcept nogil:
+    # Drop the last appended row (a later column of the same row failed).
+    if col.width:
+        col.values.len -= col.width
+    else:
+        col.offsets.len -= 8
+        col.values.len = (<int64_t*>col.offsets.ptr)[col.offsets.len // 8 - 1]
+    if col.nullable:
+        col.nulls.len -= 1
+
+
+cdef Py_ssize_t utf8_sequence(const unsigned char* s, Py_ssize_t pos, Py_ssize_t end) noexcept nogil:
+    # Length of the valid UTF-8 sequence starting with a non-ASCII byte at pos, or 0.
+    # Same acceptance as Python's strict decoder: no overlongs, no surrogates, <= U+10FFFF.
+    cdef unsigned char c = s[pos]
+    cdef unsigned char lo = 0x80
+    cdef unsigned char hi = 0xBF
+    cdef Py_ssize_t n, i
+    if 0xC2 <= c <= 0xDF:
+        n = 2
+    elif 0xE0 <= c <= 0xEF:
+        n = 3
+        if c == 0xE0:
+            lo = 0xA0
+        elif c == 0xED:
+            hi = 0x9F
+    elif 0xF0 <= c <= 0xF4:
+        n = 4
+        if c == 0xF0:
+            lo = 0x90
+        elif c == 0xF4:
+            hi = 0x8F
+    else:
+        return 0
+    if pos + n > end:
+        return 0
+    if not (lo <= s[pos + 1] <= hi):
+        return 0
+    for i in range(2, n):
+        if not (0x80 <= s[pos + i] <= 0xBF):
+            return 0
+    return n
+
+
+cdef bint utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t step
+    while pos < n:
+        if s[pos] < 0x80:
+            pos += 1
+            continue
+        step = utf8_sequence(s, pos, n)
+        if step == 0:
+            return False
+        pos += step
+    return True
+
+
+cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef bint negative = False
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t magnitude = 0
+    cdef uint64_t limit
+    cdef bint overflow = False
+    cdef int code = col.code
+    cdef int64_t sval
+    cdef uint64_t uval
+    cdef unsigned int digit
+    cdef int8_t v8
+    cdef int16_t v16
+    cdef int32_t v32
+    if n == 4 and s[0] == b't' and s[1] == b'r' and s[2] == b'u' and s[3] == b'e':
+        magnitude = 1
+    elif n == 5 and s[0] == b'f' and s[1] == b'a' and s[2] == b'l' and s[3] == b's' and s[4] == b'e':
+        magnitude = 0
+    else:
+        if n and (s[0] == b'+' or s[0] == b'-'):
+            negative = s[0] == b'-'
+            pos = 1
+        if pos == n:
+            return ERR_BAD_VALUE
+        while pos < n:
+            if not is_digit(s[pos]):
+                return ERR_BAD_VALUE
+            digit = s[pos] - 48
+            if magnitude > (<uint64_t>0xFFFFFFFFFFFFFFFF - digit) // 10:
+                overflow = True  # keep scanning: a later non-digit is BAD_VALUE
+            else:
+                magnitude = magnitude * 10 + digit
+            pos += 1
+        if overflow:
+            return ERR_OUT_OF_RANGE
+    if code >= TYPE_UINT8:  # unsigned
+        if negative and magnitude != 0:
+            return ERR_OUT_OF_RANGE
+        limit = 0xFF if code == TYPE_UINT8 else 0xFFFF if code == TYPE_UINT16 else \
+            0xFFFFFFFF if code == TYPE_UINT32 else <uint64_t>0xFFFFFFFFFFFFFFFF
+        if magnitude > limit:
+            return ERR_OUT_OF_RANGE
+        uval = magnitude
+        return col_append_value(col, <const char*>&uval, col.width, 0)
+    limit = 0x7F if code == TYPE_INT8 else 0x7FFF if code == TYPE_INT16 else \
+        0x7FFFFFFF if code == TYPE_INT32 else <uint64_t>0x7FFFFFFFFFFFFFFF
+    if magnitude > limit + (1 if negative else 0):
+        return ERR_OUT_OF_RANGE
+    if negative:
+        sval = -(<int64_t>(magnitude - 1)) - 1
+    else:
+        sval = <int64_t>magnitude
+    # Little-endian: the low bytes of the int64 are the narrower value.
+    return col_append_value(col, <const char*>&sval, col.width, 0)
+
+
+cdef bint is_float_text(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t int_digits = 0
+    cdef Py_ssize_t frac_digits = 0
+    cdef Py_ssize_t exp_digits = 0
+    if n and (s[0] == b'+' or s[0] == b'-'):
+        pos = 1
+    while pos < n and is_digit(s[pos]):
+        pos += 1
+        int_digits += 1
+    if pos < n and s[pos] == b'.':
+        pos += 1
+        while pos < n and is_digit(s[pos]):
+            pos += 1
+            frac_digits += 1
+    if int_digits + frac_digits == 0:
+        return False
+    if pos < n and (s[pos] == b'e' or s[pos] == b'E'):
+        pos += 1
+        if pos < n and (s[pos] == b'+' or s[pos] == b'-'):
+            pos += 1
+        while pos < n and is_digit(s[pos]):
+            pos += 1
+            exp_digits += 1
+        if exp_digits == 0:
+            return False
+    return pos == n
+
+
+cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef char local[128]
+    cdef char* text = local
+    cdef double value
+    cdef float narrow
+    cdef int rc
+    if not is_float_text(s, n):
+        return ERR_BAD_VALUE
+    # strtod needs a NUL-terminated copy; the grammar check above keeps it to decimals.
+    if n >= 128:
+        text = <char*>PyMem_RawMalloc(<size_t>n + 1)
+        if text == NULL:
+            return ERR_NO_MEMORY
+    memcpy(text, s, <size_t>n)
+    text[n] = 0
+    value = strtod(text, NULL)
+    if text != local:
+        PyMem_RawFree(text)
+    if isinf(value):
+        return ERR_OUT_OF_RANGE
+    if col.code == TYPE_FLOAT32:
+        narrow = <float>value
+        if isinf(narrow):
+            return ERR_OUT_OF_RANGE
+        return col_append_value(col, <const char*>&narrow, 4, 0)
+    return col_append_value(col, <const char*>&value, 8, 0)
+
+
+cdef inline int64_t days_from_civil(int64_t year, int64_t month, int64_t day) noexcept nogil:
+    # Howard Hinnant's algorithm; floor division done by hand for negative years.
+    cdef int64_t era, yoe, doy, doe
+    if month <= 2:
+        year -= 1
+    era = (year if year >= 0 else year - 399) // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline int days_in_month(int64_t year, int64_t month) noexcept nogil:
+    if month == 2:
+        return 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28
+    if month == 4 or month == 6 or month == 9 or month == 11:
+        return 30
+    return 31
+
+
+cdef inline int digits_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos, int count) noexcept nogil:
+    # The number in s[pos:pos+count], or -1 if those are not all digits.
+    cdef int value = 0
+    cdef int i
+    if pos + count > n:
+        return -1
+    for i in range(count):
+        if not is_digit(s[pos + i]):
+            return -1
+        value = value * 10 + (s[pos + i] - 48)
+    return value
+
+
+cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Accepted forms: see _pyparser._parse_datetime.
+    cdef bint date_only = col.code == TYPE_DATE
+    cdef Py_ssize_t pos
+    cdef int64_t whole = 0
+    cdef int64_t seconds, days
+    cdef int year, month, day, hour = 0, minute = 0, second = 0
+    cdef int off_h, off_m, sign
+    cdef int64_t offset = 0
+    cdef uint16_t day_value
+    cdef uint32_t second_value
+    cdef Py_ssize_t start
+    if n and is_digit(s[0]) and (n < 5 or s[4] != b'-'):
+        # Epoch seconds, or milliseconds from 1e11 on; a fraction is truncated.
+        if not is_float_text(s, n):
+            return ERR_BAD_VALUE
+        for pos in range(n):
+            if s[pos] == b'e' or s[pos] == b'E':
+                return ERR_BAD_VALUE
+        pos = 0
+        while pos < n and is_digit(s[pos]):
+            if whole > 100000000000000000LL:
+                return ERR_OUT_OF_RANGE
+            whole = whole * 10 + (s[pos] - 48)
+            pos += 1
+        seconds = whole // 1000 if whole >= 100000000000LL else whole
+        if seconds > 0xFFFFFFFFLL:
+            return ERR_OUT_OF_RANGE
+        if date_only:
+            day_value = <uint16_t>(seconds // 86400)
+            return col_append_value(col, <const char*>&day_value, 2, 0)
+        second_value = <uint32_t>seconds
+        return col_append_value(col, <const char*>&second_value, 4, 0)
+    year = digits_at(s, n, 0, 4)
+    if year < 0 or n < 10 or s[4] != b'-' or s[7] != b'-':
+        return ERR_BAD_VALUE
+    month = digits_at(s, n, 5, 2)
+    day = digits_at(s, n, 8, 2)
+    if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month):
+        return ERR_BAD_VALUE
+    pos = 10
+    if pos < n:
+        if s[pos] != b'T' and s[pos] != b' ':
+            return ERR_BAD_VALUE
+        hour = digits_at(s, n, pos + 1, 2)
+        if hour < 0 or pos + 3 >= n or s[pos + 3] != b':':
+            return ERR_BAD_VALUE
+        minute = digits_at(s, n, pos + 4, 2)
+        if minute < 0:
+            return ERR_BAD_VALUE
+        pos += 6
+        if pos < n and s[pos] == b':':
+            second = digits_at(s, n, pos + 1, 2)
+            if second < 0:
+                return ERR_BAD_VALUE
+            pos += 3
+            if pos < n and s[pos] == b'.':
+                pos += 1
+                start = pos
+                while pos < n and is_digit(s[pos]):
+                    pos += 1
+                if pos == start:
+                    return ERR_BAD_VALUE
+        if hour > 23 or minute > 59 or second > 59:
+            return ERR_BAD_VALUE
+        if pos < n and s[pos] == b'Z':
+            pos += 1
+        elif pos < n and (s[pos] == b'+' or s[pos] == b'-'):
+            sign = -1 if s[pos] == b'-' else 1
+            off_h = digits_at(s, n, pos + 1, 2)
+            if off_h < 0:
+                return ERR_BAD_VALUE
+            pos += 3
+            off_m = 0
+            if pos < n and s[pos] == b':':
+                off_m = digits_at(s, n, pos + 1, 2)
+                pos += 3
+            elif pos < n:
+                off_m = digits_at(s, n, pos, 2)
+                pos += 2
+            if off_m < 0 or off_h > 23 or off_m > 59:
+                return ERR_BAD_VALUE
+            offset = sign * (off_h * 3600 + off_m * 60)
+        if pos != n:
+            return ERR_BAD_VALUE
+    days = days_from_civil(year, month, day)
+    if date_only:
+        if days < 0 or days > 0xFFFF:
+            return ERR_OUT_OF_RANGE
+        day_value = <uint16_t>days
+        return col_append_value(col, <const char*>&day_value, 2, 0)
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    if seconds < 0 or seconds > 0xFFFFFFFFLL:
+        return ERR_OUT_OF_RANGE
+    second_value = <uint32_t>seconds
+    return col_append_value(col, <const char*>&second_value, 4, 0)
+
+
+cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint check_utf8) noexcept nogil:
+    # Text -> one value appended to col, or an ErrorCode (col untouched).
+    cdef int code = col.code
+    if code == TYPE_STRING:
+        if check_utf8 and not utf8_valid(s, n):
+            return ERR_INVALID_UTF8
+        return col_append_value(col, <const char*>s, n, 0)
+    if code <= TYPE_UINT64:
+        return int_from_text(col, s, n)
+    if code == TYPE_FLOAT32 or code == TYPE_FLOAT64:
+        return float_from_text(col, s, n)
+    return datetime_from_text(col, s, n)

@@ -1,0 +1,285 @@
+# CSV (RFC 4180) -> column slots (mirror of _pyparser.CSVParser).
+#
+# Records end at a newline outside quotes; the quote state and a pending escape
+# character are carried across chunks. Header detection needs the first record's field
+# names, so the scan stops there and lets Python decide (_pyparser.split_csv_record),
+# then resumes at the same position.
+
+cdef enum:
+    SCAN_DONE = 0
+    SCAN_HEADER = 1     # stopped at the first record: header or not is undecided
+
+
+cdef struct Field:
+    Py_ssize_t off      # the field's text in _fields_text
+    Py_ssize_t len
+    bint quoted
+
+
+cdef class CSVParser(_ParserCore):
+    cdef int _delimiter
+    cdef int _escape             # -1: none
+    cdef int _header             # -1 undecided, 0 no header, 1 header seen
+    cdef int* _mapping           # per column: index of its field in a record
+    cdef int _num_fields         # fields every record must have
+    cdef bint _in_quotes         # quote state at the scan position
+    cdef bint _escaped           # the previous chunk ended on the escape character
+    cdef Py_ssize_t _resume      # where a stopped scan resumes in the current chunk
+    cdef Py_ssize_t _row_start   # start of the current record in the current chunk
+    cdef Buf _first_record       # the record held while the header is decided
+    cdef Buf _fields             # Field array for the current record
+    cdef Buf _fields_text        # unquoted field texts of the current record
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapping = NULL
+
+    def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20, bytes delimiter=b",",
+                 escapechar=None, header=None):
+        super().__init__(columns, max_row_bytes=max_row_bytes)
+        cdef int i
+        if len(delimiter) != 1 or delimiter in b'"\r\n':
+            raise ValueError("delimiter must be one byte other than a quote or newline")
+        if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):
+            raise ValueError("escapechar must be one byte")
+        self._delimiter = delimiter[0]
+        self._escape = escapechar[0] if escapechar is not None else -1
+        self._header = -1 if header is None else (1 if header else 0)
+        self._mapping = <int*>PyMem_Malloc(sizeof(int) * max(self._ncols, 1))
+        if self._mapping == NULL:
+            raise MemoryError()
+        for i in range(self._ncols):
+            self._mapping[i] = i
+        self._num_fields = self._ncols
+
+    def __dealloc__(self):
+        PyMem_Free(self._mapping)
+        buf_free(&self._first_record)
+        buf_free(&self._fields)
+        buf_free(&self._fields_text)
+
+    def feed(self, data):
+        """Parse the complete records in ``data``; returns how many rows ended."""
+        cdef const unsigned char[::1] view
+        cdef int rc
+        cdef Py_ssize_t n
+        if self._at_start:
+            data = self._strip_bom(bytes(data))
+        view = data
+        n = view.shape[0]
+        self._ended = 0
+        if n == 0:
+            return 0
+        self._resume = 1 if self._escaped else 0
+        self._escaped = False
+        self._row_start = 0
+        while True:
+            with nogil:
+                rc = self._scan(<const char*>&view[0], n)
+            if rc == ERR_NO_MEMORY:
+                raise MemoryError()
+            if rc != SCAN_HEADER:
+                return self._ended
+            self._decide_header()
+
+    def finish(self):
+        """Parse a last record that had no trailing newline."""
+        cdef int rc
+        cdef Py_ssize_t ended = self.feed(self._flush_bom())
+        self._ended = 0
+        with nogil:
+            rc = self._end_record(NULL, 0)
+        if rc == SCAN_HEADER:
+            self._decide_header()
+        elif rc == ERR_NO_MEMORY:
+            raise MemoryError()
+        self._in_quotes = False
+        self._escaped = False
+        self._at_start = True
+        return ended + self._ended
+
+    cdef _decide_header(self):
+        # The first record is in _first_record: a header if it names every column.
+        record = PyBytes_FromStringAndSize(self._first_record.ptr, self._first_record.len)
+        self._first_record.len = 0
+        try:
+            fields = _pyparser.split_csv_record(record, self._delimiter, self._escape)
+        except _pyparser._BadRow:
+            fields = None
+        wanted = [spec.name.encode() for spec in self._specs]
+        names = [text for text, _ in fields] if fields is not None else []
+        if fields is not None and all(name in names for name in wanted):
+            self._header = 1
+            for i, name in enumerate(wanted):
+                self._mapping[i] = names.index(name)
+            self._num_fields = len(names)
+            return
+        self._header = 0
+        self._ended += 1
+        if self._process_row(<const char*>record, len(record)) == ERR_NO_MEMORY:
+            raise MemoryError()
+
+    cdef int _scan(self, const char* data, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t pos = self._resume
+        cdef bint in_quotes = self._in_quotes
+        cdef int rc
+        cdef unsigned char c
+        while pos < n:
+            c = <unsigned char>data[pos]
+            if c == self._escape:
+                pos += 2
+                continue
+            if c == b'"':
+                in_quotes = not in_quotes
+            elif c == b'\n' and not in_quotes:
+                rc = self._end_record(data + self._row_start, pos - self._row_start)
+                self._row_start = pos + 1
+                if rc == SCAN_HEADER or rc == ERR_NO_MEMORY:
+                    self._resume = pos + 1
+                    self._in_quotes = False
+                    return rc
+            pos += 1
+        self._in_quotes = in_quotes
+        self._escaped = pos > n
+        return self._carry(data + self._row_start, n - self._row_start)
+
+    cdef int _end_record(self, const char* piece, Py_ssize_t n) noexcept nogil:
+        # Like _end_row, plus CR stripping and the stop for header detection.
+        cdef Py_ssize_t total
+        cdef const char* record
+        if self._skipping:
+            self._skipping = False
+            self._ended += 1
+            return ERR_NONE
+        if self._tail.len:
+            total = self._tail.len + n
+            if total > self._max_row_bytes:
+                if buf_append(&self._tail, piece, self._max_row_bytes - self._tail.len) < 0:
+                    return ERR_NO_MEMORY
+                self._tail.len = 0
+                self._ended += 1
+                return self._too_long(self._tail.ptr)
+            if buf_append(&self._tail, piece, n) < 0:
+                return ERR_NO_MEMORY
+            self._tail.len = 0
+            record = self._tail.ptr
+            n = total
+        elif n > self._max_row_bytes:
+            self._ended += 1
+            return self._too_long(piece)
+        else:
+            record = piece
+        if n and record[n - 1] == b'\r':
+            n -= 1
+        if n == 0:
+            return ERR_NONE
+        if self._header < 0:
+            self._first_record.len = 0
+            if buf_append(&self._first_record, record, n) < 0:
+                return ERR_NO_MEMORY
+            return SCAN_HEADER
+        self._ended += 1
+        return self._process_row(record, n)
+
+    cdef int _split(self, const unsigned char* rec, Py_ssize_t end, Py_ssize_t* count) noexcept nogil:
+        # Split one record into _fields (at most _num_fields kept, all counted).
+        # Returns ERR_NONE, ERR_BAD_CSV or ERR_NO_MEMORY. See _pyparser.split_csv_record.
+        cdef Py_ssize_t pos = 0
+        cdef Field* fields
+        cdef Field field
+        cdef unsigned char c
+        cdef char* out
+        cdef int delimiter = self._delimiter
+        cdef int escape = self._escape
+        self._fields_text.len = 0
+        self._fields.len = 0
+        if buf_reserve(&self._fields_text, end) < 0:
+            return ERR_NO_MEMORY
+        if buf_reserve(&self._fields, sizeof(Field) * self._num_fields) < 0:
+            return ERR_NO_MEMORY
+        fields = <Field*>self._fields.ptr
+        out = self._fields_text.ptr
+        count[0] = 0
+        while True:
+            field.off = self._fields_text.len
+            field.quoted = False
+            if pos < end and rec[pos] == b'"':
+                field.quoted = True
+                pos += 1
+                while True:
+                    if pos >= end:
+                        return ERR_BAD_CSV
+                    c = rec[pos]
+                    if c == escape and pos + 1 < end:
+                        out[self._fields_text.len] = rec[pos + 1]
+                        self._fields_text.len += 1
+                        pos += 2
+                        continue
+                    if c == b'"':
+                        if pos + 1 < end and rec[pos + 1] == b'"':
+                            out[self._fields_text.len] = b'"'
+                            self._fields_text.len += 1
+                            pos += 2
+                            continue
+                        pos += 1
+                        break
+                    out[self._fields_text.len] = c
+                    self._fields_text.len += 1
+                    pos += 1
+                if pos < end and rec[pos] != delimiter:
+                    return ERR_BAD_CSV
+            else:
+                while pos < end and rec[pos] != delimiter:
+                    c = rec[pos]
+                    if c == escape and pos + 1 < end:
+                        out[self._fields_text.len] = rec[pos + 1]
+                        self._fields_text.len += 1
+                        pos += 2
+                        continue
+                    if c == b'"':
+                        return ERR_BAD_CSV
+                    out[self._fields_text.len] = c
+                    self._fields_text.len += 1
+                    pos += 1
+            field.len = self._fields_text.len - field.off
+            if count[0] < self._num_fields:
+                fields[count[0]] = field
+            count[0] += 1
+            if pos >= end:
+                return ERR_NONE
+            pos += 1  # the delimiter
+
+    cdef int _process_row(self, const char* row, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t count = 0
+        cdef int rc, i
+        cdef Field* field
+        cdef Slot* slot
+        cdef Column* col
+        cdef char message[64]
+        cdef int message_len
+        rc = self._split(<const unsigned char*>row, n, &count)
+        if rc == ERR_NO_MEMORY:
+            return rc
+        if rc == ERR_BAD_CSV:
+            return self._record_error(row, n, -1, ERR_BAD_CSV, NULL, 0)
+        if count != self._num_fields:
+            message_len = snprintf(message, 64, "expected %d, got %zd", self._num_fields, count)
+            return self._record_error(row, n, -1, ERR_FIELD_COUNT, message, message_len)
+        for i in range(self._ncols):
+            field = &(<Field*>self._fields.ptr)[self._mapping[i]]
+            slot = &self._slots[i]
+            col = &self._cols[i]
+            slot.kind = KIND_TEXT
+            slot.escaped = False
+            slot.ptr = self._fields_text.ptr + field.off
+            slot.len = field.len
+            # An empty unquoted field is NULL for Nullable, the DEFAULT if there is one;
+            # \N is NULL (an error for non-Nullable).
+            if not field.quoted and (field.len == 0 or (field.len == 2 and slot.ptr[0] == b'\\'
+                                                        and slot.ptr[1] == b'N')):
+                if col.nullable:
+                    slot.kind = KIND_NULL
+                elif field.len == 2:
+                    slot.kind = KIND_NULL  # _store reports the NULL error with the text
+                elif col.has_default:
+                    slot.kind = KIND_MISSING
+        return self._store_all(row, n)

@@ -1,0 +1,66 @@
+"""Shared fixtures.
+
+* ``clickhouse_server``: one private, real ``clickhouse-server`` per test session
+  (:class:`tinyingest.testing.ClickHouseServer`); never skipped: a missing binary fails.
+* ``sink``: each :class:`~tinyingest.sinks.Sink` implementation in turn, ids
+  ``clickhouse`` / ``embedded``, each on a fresh database.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tinyingest.sinks import Sink
+from tinyingest.testing import ClickHouseServer
+
+# -- ClickHouse server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server() -> Iterator[ClickHouseServer]:
+    with ClickHouseServer() as server:
+        yield server
+
+
+# -- sinks ---------------------------------------------------------------------------
+
+_database_numbers = itertools.count()
+
+
+def _clickhouse_sink(server: ClickHouseServer) -> Iterator[Sink]:
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    # One database per test: tests never see each other's tables on the shared server.
+    database = f"test_{next(_database_numbers)}"
+    admin = ClickHouseSink(server.url)
+    admin.execute(f"CREATE DATABASE {database}")
+    sink = ClickHouseSink(server.url.rsplit("/", 1)[0] + "/" + database)
+    try:
+        yield sink
+    finally:
+        sink.close()
+        admin.execute(f"DROP DATABASE IF EXISTS {database}")
+        admin.close()
+
+
+def _embedded_sink(tmp_path: Path) -> Iterator[Sink]:
+    from tinyingest.sinks.embedded import EmbeddedSink
+
+    # chDB hosts one engine per process: it must be closed before the next test's dir.
+    sink = EmbeddedSink(str(tmp_path / "chdb"))
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+@pytest.fixture(params=["clickhouse", "embedded"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink]:
+    if request.param == "clickhouse":
+        yield from _clickhouse_sink(request.getfixturevalue("clickhouse_server"))
+    else:
+        yield from _embedded_sink(tmp_path)

@@ -1,0 +1,3 @@
+from tinyingest.cli import main
+
+raise SystemExit(main())

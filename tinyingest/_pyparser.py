@@ -1,0 +1,862 @@
+"""Pure-Python reference parser: the spec, the test oracle and the no-compiler fallback.
+
+Same API, same :class:`~tinyingest.block.Block` output and same row errors as the
+compiled ``tinyingest._native``; ``tests/test_parse_differential.py`` holds them equal.
+
+Policy (both formats, both implementations):
+
+* A value reaches a column as *text*: a CSV field, a JSON string's content, a JSON
+  number or ``true``/``false`` as written. Each type reads text one way:
+  integers ``[+-]?digits`` or ``true``/``false``; floats ``[+-]?(d+[.d*]|.d+)[e[+-]d+]``
+  (no NaN/Infinity); Date/DateTime see :func:`_parse_datetime`. A JSON object or
+  array read into a String column is stored as its compact JSON text.
+* Missing value (JSON key absent, CSV field empty and unquoted): the column's literal
+  DEFAULT if it has one, else NULL for Nullable, else the type's zero (JSON) /
+  the empty text (CSV: String '' and an error for other types).
+* JSON ``null`` and CSV ``\\N``: NULL for Nullable columns, else the row is quarantined.
+* Out-of-range numbers and dates, invalid UTF-8, lone surrogate escapes, duplicate
+  mapped keys, rows over ``max_row_bytes``, nesting over 64: the row is quarantined.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from tinyingest.block import Block, ColumnData, RowError
+from tinyingest.errors import MAX_DEPTH, MAX_ERROR_VALUE, ErrorCode
+from tinyingest.schema import FIXED_WIDTH, ColumnSpec, SchemaError, TypeCode
+
+_WS = b" \t\r\n"
+_DIGITS = b"0123456789"
+
+# Value kinds found for a column in one row.
+_MISSING, _NULL, _TEXT, _JSON_STRING, _NESTED = range(5)
+
+_INT_RANGES: dict[TypeCode, tuple[int, int, str]] = {
+    TypeCode.INT8: (-(1 << 7), (1 << 7) - 1, "<b"),
+    TypeCode.INT16: (-(1 << 15), (1 << 15) - 1, "<h"),
+    TypeCode.INT32: (-(1 << 31), (1 << 31) - 1, "<i"),
+    TypeCode.INT64: (-(1 << 63), (1 << 63) - 1, "<q"),
+    TypeCode.UINT8: (0, (1 << 8) - 1, "<B"),
+    TypeCode.UINT16: (0, (1 << 16) - 1, "<H"),
+    TypeCode.UINT32: (0, (1 << 32) - 1, "<I"),
+    TypeCode.UINT64: (0, (1 << 64) - 1, "<Q"),
+}
+
+
+class _ConvertError(Exception):
+    def __init__(self, code: ErrorCode) -> None:
+        self.code = code
+
+
+# --- text -> value converters (ext/convert.pxi mirrors these) -------------------------
+
+
+def _parse_int(text: bytes, code: TypeCode) -> bytes:
+    lo, hi, fmt = _INT_RANGES[code]
+    if text == b"true":
+        return struct.pack(fmt, 1)
+    if text == b"false":
+        return struct.pack(fmt, 0)
+    body = text[1:] if text[:1] in (b"+", b"-") else text
+    if not body or body.strip(_DIGITS):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    value = int(text)
+    if not lo <= value <= hi:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    return struct.pack(fmt, value)
+
+
+def _is_float_text(text: bytes) -> bool:
+    pos = 1 if text[:1] in (b"+", b"-") else 0
+    end = len(text)
+    int_digits = 0
+    while pos < end and text[pos] in _DIGITS:
+        pos += 1
+        int_digits += 1
+    frac_digits = 0
+    if pos < end and text[pos] == 0x2E:  # '.'
+        pos += 1
+        while pos < end and text[pos] in _DIGITS:
+            pos += 1
+            frac_digits += 1
+    if int_digits + frac_digits == 0:
+        return False
+    if pos < end and text[pos] in b"eE":
+        pos += 1
+        if pos < end and text[pos] in b"+-":
+            pos += 1
+        exp_digits = 0
+        while pos < end and text[pos] in _DIGITS:
+            pos += 1
+            exp_digits += 1
+        if exp_digits == 0:
+            return False
+    return pos == end
+
+
+def _parse_float(text: bytes, code: TypeCode) -> bytes:
+    if not _is_float_text(text):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    if code is TypeCode.FLOAT32:
+        try:
+            return struct.pack("<f", value)
+        except OverflowError:
+            raise _ConvertError(ErrorCode.OUT_OF_RANGE) from None
+    return struct.pack("<d", value)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    # Howard Hinnant's days_from_civil: days since 1970-01-01 (proleptic Gregorian).
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _digits(text: bytes, pos: int, count: int) -> int:
+    chunk = text[pos : pos + count]
+    if len(chunk) != count or chunk.strip(_DIGITS):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    return int(chunk)
+
+
+def _parse_datetime(text: bytes, date_only: bool) -> int:
+    """Accepted forms; returns epoch seconds (DateTime) or days (Date).
+
+    ``YYYY-MM-DD``; ``YYYY-MM-DD[T| ]HH:MM[:SS[.fraction]]`` optionally followed by
+    ``Z`` or an offset ``+HH``, ``+HHMM``, ``+HH:MM``; a non-negative number of epoch
+    seconds, or of milliseconds when >= 1e11 (fraction truncated). A Date takes the
+    calendar date as written (time and offset are checked, then ignored); from an
+    epoch number it takes the UTC date.
+    """
+    if text and text[0] in _DIGITS and (len(text) < 5 or text[4] != 0x2D):  # no '-' at 4
+        if not _is_float_text(text) or text[:1] in b"+-" or b"e" in text or b"E" in text:
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        whole = int(text.split(b".")[0])
+        seconds = whole // 1000 if whole >= 100_000_000_000 else whole
+        if seconds > 0xFFFFFFFF:
+            raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+        return seconds // 86400 if date_only else seconds
+    year = _digits(text, 0, 4)
+    if text[4:5] != b"-" or text[7:8] != b"-":
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    month = _digits(text, 5, 2)
+    day = _digits(text, 8, 2)
+    if not 1 <= month <= 12 or not 1 <= day <= _days_in_month(year, month):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    hour = minute = second = offset = 0
+    pos = 10
+    if pos < len(text):
+        if text[pos] not in b"T ":
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        hour = _digits(text, pos + 1, 2)
+        if text[pos + 3 : pos + 4] != b":":
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        minute = _digits(text, pos + 4, 2)
+        pos += 6
+        if text[pos : pos + 1] == b":":
+            second = _digits(text, pos + 1, 2)
+            pos += 3
+            if text[pos : pos + 1] == b".":
+                pos += 1
+                start = pos
+                while pos < len(text) and text[pos] in _DIGITS:
+                    pos += 1
+                if pos == start:
+                    raise _ConvertError(ErrorCode.BAD_VALUE)
+        if hour > 23 or minute > 59 or second > 59:
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        if text[pos : pos + 1] == b"Z":
+            pos += 1
+        elif text[pos : pos + 1] in (b"+", b"-"):
+            sign = -1 if text[pos] == 0x2D else 1
+            off_h = _digits(text, pos + 1, 2)
+            pos += 3
+            off_m = 0
+            if text[pos : pos + 1] == b":":
+                off_m = _digits(text, pos + 1, 2)
+                pos += 3
+            elif pos < len(text):
+                off_m = _digits(text, pos, 2)
+                pos += 2
+            if off_h > 23 or off_m > 59:
+                raise _ConvertError(ErrorCode.BAD_VALUE)
+            offset = sign * (off_h * 3600 + off_m * 60)
+        if pos != len(text):
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+    days = _days_from_civil(year, month, day)
+    if date_only:
+        if not 0 <= days <= 0xFFFF:
+            raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+        return days
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    if not 0 <= seconds <= 0xFFFFFFFF:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    return seconds
+
+
+def _check_utf8(text: bytes) -> None:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _ConvertError(ErrorCode.INVALID_UTF8) from None
+
+
+def convert_text(text: bytes, code: TypeCode) -> bytes:
+    """Text -> the value's Native bytes (String: the UTF-8 text itself)."""
+    if code is TypeCode.STRING:
+        _check_utf8(text)
+        return text
+    if code in _INT_RANGES:
+        return _parse_int(text, code)
+    if code is TypeCode.FLOAT32 or code is TypeCode.FLOAT64:
+        return _parse_float(text, code)
+    if code is TypeCode.DATE:
+        return struct.pack("<H", _parse_datetime(text, True))
+    if code is TypeCode.DATETIME:
+        return struct.pack("<I", _parse_datetime(text, False))
+    raise AssertionError(code)
+
+
+# --- column builders -----------------------------------------------------------------
+
+
+class _Column:
+    __slots__ = ("spec", "code", "width", "nullable", "values", "offsets", "nulls", "default")
+
+    def __init__(self, spec: ColumnSpec) -> None:
+        self.spec = spec
+        self.code = spec.type_code
+        self.width = FIXED_WIDTH[spec.type_code]
+        self.nullable = spec.nullable
+        self.values = bytearray()
+        self.offsets = array("q", [0])
+        self.nulls = bytearray()
+        self.default: bytes | None = None
+        if spec.default_text is not None:
+            try:
+                self.default = convert_text(spec.default_text, spec.type_code)
+            except _ConvertError:
+                raise SchemaError(
+                    f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}"
+                ) from None
+
+    def append(self, value: bytes, is_null: bool = False) -> None:
+        self.values += value
+        if self.width == 0:
+            self.offsets.append(len(self.values))
+        if self.nullable:
+            self.nulls.append(1 if is_null else 0)
+
+    def append_zero(self, is_null: bool) -> None:
+        self.append(b"\0" * self.width, is_null)
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.values), len(self.offsets), len(self.nulls)
+
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        del self.values[mark[0] :]
+        del self.offsets[mark[1] :]
+        del self.nulls[mark[2] :]
+
+    def take(self) -> ColumnData:
+        data = ColumnData(
+            values=bytes(self.values),
+            offsets=self.offsets.tobytes() if self.width == 0 else None,
+            nulls=bytes(self.nulls) if self.nullable else None,
+        )
+        self.values = bytearray()
+        self.offsets = array("q", [0])
+        self.nulls = bytearray()
+        return data
+
+
+class _BadRow(Exception):
+    def __init__(self, code: ErrorCode, column: int = -1, value: bytes = b"") -> None:
+        self.code = code
+        self.column = column
+        self.value = value[:MAX_ERROR_VALUE]
+
+
+class _ParserBase:
+    """Line framing, builders and error collection shared by both formats."""
+
+    def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int) -> None:
+        self._columns = [_Column(spec) for spec in columns]
+        self._max_row_bytes = max_row_bytes
+        self._num_rows = 0
+        self._errors: list[RowError] = []
+        self._tail = bytearray()  # an incomplete row carried across feed() calls
+        self._skipping = False  # inside a row longer than max_row_bytes
+        self._at_start = True  # a UTF-8 BOM is stripped only here
+        self._bom_pending = bytearray()  # the first bytes, while they may still be a BOM
+
+    @property
+    def columns(self) -> list[ColumnSpec]:
+        return [c.spec for c in self._columns]
+
+    def take_block(self) -> Block:
+        """Hand over the rows parsed so far and start a new block."""
+        block = Block(self._num_rows, [c.take() for c in self._columns], self._errors)
+        self._num_rows = 0
+        self._errors = []
+        return block
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        if self._at_start:
+            # Keep deciding until three bytes have been seen: the BOM may be split.
+            data = bytes(self._bom_pending) + data
+            if len(data) < 3 and b"\xef\xbb\xbf".startswith(data):
+                self._bom_pending = bytearray(data)
+                return b""
+            self._bom_pending = bytearray()
+            self._at_start = False
+            if data.startswith(b"\xef\xbb\xbf"):
+                return data[3:]
+        return data
+
+    def _flush_bom(self) -> bytes:
+        """At the end of the body: bytes held back as a possible BOM are data."""
+        pending = bytes(self._bom_pending)
+        self._bom_pending = bytearray()
+        self._at_start = False
+        return pending
+
+    def _row(self, row: bytes) -> None:
+        marks = [c.mark() for c in self._columns]
+        try:
+            self._parse_row(row)
+        except _BadRow as bad:
+            for column, mark in zip(self._columns, marks):
+                column.rollback(mark)
+            self._errors.append(RowError(bytes(row), bad.column, int(bad.code), bad.value))
+            return
+        self._num_rows += 1
+
+    def _too_long(self, row: bytes) -> None:
+        self._errors.append(RowError(bytes(row[: self._max_row_bytes]), -1,
+                                     int(ErrorCode.ROW_TOO_LONG), b""))
+
+    def _parse_row(self, row: bytes) -> None:
+        raise NotImplementedError
+
+    def _store(self, index: int, kind: int, text: bytes) -> None:
+        """Convert one found value into column ``index`` or raise _BadRow."""
+        column = self._columns[index]
+        if kind == _NULL:
+            if not column.nullable:
+                raise _BadRow(ErrorCode.NULL, index, b"null")
+            column.append_zero(True)
+            return
+        if kind == _MISSING:
+            if column.default is not None:
+                column.append(column.default)
+            else:
+                column.append_zero(column.nullable)
+            return
+        if kind == _NESTED and column.code is not TypeCode.STRING:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        try:
+            column.append(convert_text(text, column.code))
+        except _ConvertError as exc:
+            raise _BadRow(exc.code, index, text) from None
+
+
+# --- NDJSON ----------------------------------------------------------------------------
+
+
+class _PathNode:
+    __slots__ = ("children", "leaves")
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, _PathNode] = {}
+        self.leaves: list[int] = []
+
+
+class NDJSONParser(_ParserBase):
+    """Newline-delimited JSON -> column blocks.
+
+    :param columns: the columns to fill, each reading ``spec.path`` from every row.
+    :param max_row_bytes: longer rows are quarantined (``ROW_TOO_LONG``) without
+        being buffered.
+    """
+
+    def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int = 1 << 20) -> None:
+        super().__init__(columns, max_row_bytes=max_row_bytes)
+        self._root = _PathNode()
+        for index, spec in enumerate(columns):
+            if spec.path is None:
+                raise SchemaError(f"column '{spec.name}' has no jsonpath")
+            node = self._root
+            for key in spec.path:
+                node = node.children.setdefault(key.encode(), _PathNode())
+            node.leaves.append(index)
+        self._found: list[tuple[int, bytes]] = []
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Parse the complete rows in ``data``; returns how many rows ended (stored or not)."""
+        chunk = self._strip_bom(bytes(data))
+        ended = 0
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            if newline < 0:
+                break
+            ended += self._end_line(chunk[start:newline])
+            start = newline + 1
+        self._carry(chunk[start:])
+        return ended
+
+    def finish(self) -> int:
+        """Parse a last row that had no trailing newline."""
+        ended = self.feed(self._flush_bom())
+        ended += self._end_line(b"")
+        self._at_start = True
+        return ended
+
+    def _carry(self, rest: bytes) -> None:
+        if self._skipping:
+            return
+        self._tail += rest
+        if len(self._tail) > self._max_row_bytes:
+            self._too_long(self._tail)
+            self._tail = bytearray()
+            self._skipping = True
+
+    def _end_line(self, piece: bytes) -> int:
+        if self._skipping:
+            self._skipping = False
+            return 1  # reported when the limit was crossed
+        if self._tail:
+            line = bytes(self._tail) + piece
+            self._tail = bytearray()
+        else:
+            line = piece
+        if len(line) > self._max_row_bytes:
+            self._too_long(line)
+            return 1
+        if not line.strip(_WS):
+            return 0
+        self._row(line)
+        return 1
+
+    def _parse_row(self, row: bytes) -> None:
+        found: list[tuple[int, bytes]] = [(_MISSING, b"")] * len(self._columns)
+        scanner = _JSONScanner(row, found)
+        pos = scanner.ws(0)
+        if row[pos : pos + 1] != b"{":
+            # Valid JSON that is not an object, or not JSON at all.
+            try:
+                end = scanner.ws(scanner.value(pos, 1, None))
+                code = ErrorCode.NOT_OBJECT if end == len(row) else ErrorCode.INVALID_JSON
+            except _BadRow as bad:
+                code = bad.code
+            raise _BadRow(code)
+        end = scanner.value(pos, 1, self._root)
+        if scanner.ws(end) != len(row):
+            raise _BadRow(ErrorCode.INVALID_JSON)
+        for index, (kind, text) in enumerate(found):
+            self._store(index, kind, text)
+
+
+class _JSONScanner:
+    """Validates one JSON row and records the values of mapped paths."""
+
+    def __init__(self, row: bytes, found: list[tuple[int, bytes]]) -> None:
+        self.row = row
+        self.found = found
+
+    def ws(self, pos: int) -> int:
+        row = self.row
+        while pos < len(row) and row[pos] in _WS:
+            pos += 1
+        return pos
+
+    def value(self, pos: int, depth: int, node: _PathNode | None) -> int:
+        """Scan the value at ``pos``; record it for ``node``'s columns; return its end."""
+        row = self.row
+        if pos >= len(row):
+            raise _BadRow(ErrorCode.INVALID_JSON)
+        first = row[pos]
+        leaves = node.leaves if node is not None else []
+        if first == 0x22:  # '"'
+            end, text = self.string(pos, leaves[0] if leaves else -1)
+            self._record(leaves, _JSON_STRING, text)
+            return end
+        if first in b"{[":
+            if depth > MAX_DEPTH:
+                raise _BadRow(ErrorCode.TOO_DEEP)
+            if first == 0x7B:
+                end = self.object(pos, depth, node)
+            else:
+                end = self.array(pos, depth)
+            if leaves:
+                self._record(leaves, _NESTED, _compact(row[pos:end]))
+            return end
+        for literal, kind in ((b"true", _TEXT), (b"false", _TEXT), (b"null", _NULL)):
+            if row.startswith(literal, pos):
+                self._record(leaves, kind, literal)
+                return pos + len(literal)
+        end = self.number(pos)
+        self._record(leaves, _TEXT, row[pos:end])
+        return end
+
+    def _record(self, leaves: list[int], kind: int, text: bytes) -> None:
+        for index in leaves:
+            if self.found[index][0] != _MISSING:
+                raise _BadRow(ErrorCode.DUPLICATE_KEY, index)
+            self.found[index] = (kind, text)
+
+    def object(self, pos: int, depth: int, node: _PathNode | None) -> int:
+        row = self.row
+        pos = self.ws(pos + 1)
+        if row[pos : pos + 1] == b"}":
+            return pos + 1
+        while True:
+            if row[pos : pos + 1] != b'"':
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            pos, key = self.string(pos, -1)
+            pos = self.ws(pos)
+            if row[pos : pos + 1] != b":":
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            child = node.children.get(key) if node is not None else None
+            pos = self.value(self.ws(pos + 1), depth + 1, child)
+            pos = self.ws(pos)
+            sep = row[pos : pos + 1]
+            if sep == b"}":
+                return pos + 1
+            if sep != b",":
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            pos = self.ws(pos + 1)
+
+    def array(self, pos: int, depth: int) -> int:
+        row = self.row
+        pos = self.ws(pos + 1)
+        if row[pos : pos + 1] == b"]":
+            return pos + 1
+        while True:
+            pos = self.ws(self.value(pos, depth + 1, None))
+            sep = row[pos : pos + 1]
+            if sep == b"]":
+                return pos + 1
+            if sep != b",":
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            pos = self.ws(pos + 1)
+
+    def number(self, pos: int) -> int:
+        row = self.row
+        start = pos
+        if row[pos : pos + 1] == b"-":
+            pos += 1
+        if row[pos : pos + 1] == b"0":
+            pos += 1
+        elif row[pos : pos + 1] and row[pos] in b"123456789":
+            while pos < len(row) and row[pos] in _DIGITS:
+                pos += 1
+        else:
+            raise _BadRow(ErrorCode.INVALID_JSON)
+        if row[pos : pos + 1] == b".":
+            pos += 1
+            digits = pos
+            while pos < len(row) and row[pos] in _DIGITS:
+                pos += 1
+            if pos == digits:
+                raise _BadRow(ErrorCode.INVALID_JSON)
+        if row[pos : pos + 1] in (b"e", b"E"):
+            pos += 1
+            if row[pos : pos + 1] in (b"+", b"-"):
+                pos += 1
+            digits = pos
+            while pos < len(row) and row[pos] in _DIGITS:
+                pos += 1
+            if pos == digits:
+                raise _BadRow(ErrorCode.INVALID_JSON)
+        assert pos > start
+        return pos
+
+    def string(self, pos: int, column: int) -> tuple[int, bytes]:
+        """Scan the string at ``pos`` (a quote); return its end and unescaped UTF-8."""
+        row = self.row
+        out = bytearray()
+        pos += 1
+        run = pos
+        while True:
+            if pos >= len(row):
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            byte = row[pos]
+            if byte == 0x22:
+                out += row[run:pos]
+                break
+            if byte < 0x20:
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            if byte != 0x5C:
+                pos += 1
+                continue
+            out += row[run:pos]
+            escape = row[pos + 1 : pos + 2]
+            simple = _ESCAPES.get(escape)
+            if simple is not None:
+                out += simple
+                pos += 2
+            elif escape == b"u":
+                unit = self._hex4(pos + 2)
+                pos += 6
+                if 0xD800 <= unit <= 0xDBFF:
+                    if row[pos : pos + 2] != b"\\u":
+                        raise _BadRow(ErrorCode.INVALID_UTF8, column)
+                    low = self._hex4(pos + 2)
+                    if not 0xDC00 <= low <= 0xDFFF:
+                        raise _BadRow(ErrorCode.INVALID_UTF8, column)
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+                    pos += 6
+                elif 0xDC00 <= unit <= 0xDFFF:
+                    raise _BadRow(ErrorCode.INVALID_UTF8, column)
+                out += chr(unit).encode("utf-8")
+            else:
+                raise _BadRow(ErrorCode.INVALID_JSON)
+            run = pos
+        text = bytes(out)
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadRow(ErrorCode.INVALID_UTF8, column) from None
+        return pos + 1, text
+
+    def _hex4(self, pos: int) -> int:
+        digits = self.row[pos : pos + 4]
+        if len(digits) != 4 or digits.strip(b"0123456789abcdefABCDEF"):
+            raise _BadRow(ErrorCode.INVALID_JSON)
+        return int(digits, 16)
+
+
+_ESCAPES = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f",
+            b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+
+
+def _compact(raw: bytes) -> bytes:
+    """Valid JSON text without the whitespace outside strings."""
+    out = bytearray()
+    in_string = False
+    pos = 0
+    while pos < len(raw):
+        byte = raw[pos]
+        if in_string:
+            out.append(byte)
+            if byte == 0x5C:
+                out.append(raw[pos + 1])
+                pos += 1
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+            out.append(byte)
+        elif byte not in _WS:
+            out.append(byte)
+        pos += 1
+    return bytes(out)
+
+
+# --- CSV -------------------------------------------------------------------------------
+
+
+class CSVParser(_ParserBase):
+    """RFC 4180 CSV -> column blocks.
+
+    Fields map to ``columns`` by position, or by name when the first record is a
+    header naming every column (extra header fields are ignored).
+
+    :param delimiter: one byte, ``,`` by default (``dialect_delimiter``).
+    :param escapechar: one byte or ``None``: the next byte is taken literally
+        (``dialect_escapechar``).
+    """
+
+    def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int = 1 << 20,
+                 delimiter: bytes = b",", escapechar: bytes | None = None,
+                 header: bool | None = None) -> None:
+        super().__init__(columns, max_row_bytes=max_row_bytes)
+        if len(delimiter) != 1 or delimiter in b'"\r\n':
+            raise ValueError("delimiter must be one byte other than a quote or newline")
+        if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):
+            raise ValueError("escapechar must be one byte")
+        self._delimiter = delimiter[0]
+        self._escape = escapechar[0] if escapechar is not None else -1
+        self._header = header  # None: detect from the first record
+        self._mapping: list[int] = list(range(len(columns)))  # field index per column
+        self._num_fields = len(columns)
+        self._in_quotes = False  # quote state at the end of self._tail
+        self._escaped = False  # the chunk ended on the escape character
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        chunk = self._strip_bom(bytes(data))
+        ended = 0
+        start = 0
+        pos = 1 if self._escaped and chunk else 0
+        if chunk:
+            self._escaped = False
+        in_quotes = self._in_quotes
+        escape = self._escape
+        while pos < len(chunk):
+            byte = chunk[pos]
+            if byte == escape:
+                pos += 2
+                continue
+            if byte == 0x22:
+                in_quotes = not in_quotes
+            elif byte == 0x0A and not in_quotes:
+                ended += self._end_record(chunk[start:pos])
+                start = pos + 1
+            pos += 1
+        self._in_quotes = in_quotes
+        self._escaped = pos > len(chunk)
+        self._carry(chunk[start:])
+        return ended
+
+    def finish(self) -> int:
+        ended = self.feed(self._flush_bom())
+        ended += self._end_record(b"")
+        self._in_quotes = False
+        self._escaped = False
+        self._at_start = True
+        return ended
+
+    _carry = NDJSONParser._carry
+
+    def _end_record(self, piece: bytes) -> int:
+        if self._skipping:
+            self._skipping = False
+            return 1
+        if self._tail:
+            record = bytes(self._tail) + piece
+            self._tail = bytearray()
+        else:
+            record = piece
+        if len(record) > self._max_row_bytes:
+            self._too_long(record)
+            return 1
+        if record.endswith(b"\r"):
+            record = record[:-1]
+        if not record:
+            return 0
+        if self._header is None:
+            self._header = self._detect_header(record)
+            if self._header:
+                return 0
+        self._row(record)
+        return 1
+
+    def _detect_header(self, record: bytes) -> bool:
+        try:
+            fields = split_csv_record(record, self._delimiter, self._escape)
+        except _BadRow:
+            return False
+        names = [text for text, _ in fields]
+        wanted = [c.spec.name.encode() for c in self._columns]
+        if not all(name in names for name in wanted):
+            return False
+        self._mapping = [names.index(name) for name in wanted]
+        self._num_fields = len(names)
+        return True
+
+    def _parse_row(self, row: bytes) -> None:
+        fields = split_csv_record(row, self._delimiter, self._escape)
+        if len(fields) != self._num_fields:
+            raise _BadRow(ErrorCode.FIELD_COUNT, -1,
+                          f"expected {self._num_fields}, got {len(fields)}".encode())
+        for index, field_index in enumerate(self._mapping):
+            text, quoted = fields[field_index]
+            if not quoted and (text == b"" or text == b"\\N"):
+                column = self._columns[index]
+                if column.nullable:
+                    self._store(index, _NULL, b"")
+                    continue
+                if text == b"\\N":
+                    raise _BadRow(ErrorCode.NULL, index, text)
+                if column.default is not None:
+                    self._store(index, _MISSING, b"")
+                    continue
+            self._store(index, _TEXT, text)
+
+
+def split_csv_record(record: bytes, delimiter: int, escape: int = -1) -> list[tuple[bytes, bool]]:
+    """One CSV record -> [(field text, was quoted)]; raises _BadRow(BAD_CSV) if malformed."""
+    fields: list[tuple[bytes, bool]] = []
+    pos = 0
+    end = len(record)
+    while True:
+        out = bytearray()
+        quoted = False
+        if pos < end and record[pos] == 0x22:
+            quoted = True
+            pos += 1
+            while True:
+                if pos >= end:
+                    raise _BadRow(ErrorCode.BAD_CSV)
+                byte = record[pos]
+                if byte == escape and pos + 1 < end:
+                    out.append(record[pos + 1])
+                    pos += 2
+                    continue
+                if byte == 0x22:
+                    if record[pos + 1 : pos + 2] == b'"':
+                        out.append(0x22)
+                        pos += 2
+                        continue
+                    pos += 1
+                    break
+                out.append(byte)
+                pos += 1
+            if pos < end and record[pos] != delimiter:
+                raise _BadRow(ErrorCode.BAD_CSV)
+        else:
+            while pos < end and record[pos] != delimiter:
+                byte = record[pos]
+                if byte == escape and pos + 1 < end:
+                    out.append(record[pos + 1])
+                    pos += 2
+                    continue
+                if byte == 0x22:
+                    raise _BadRow(ErrorCode.BAD_CSV)
+                out.append(byte)
+                pos += 1
+        fields.append((bytes(out), quoted))
+        if pos >= end:
+            return fields
+        pos += 1  # the delimiter
+
+
+def raw_json_values(row: bytes, paths: Sequence[tuple[str, ...] | None]) -> list[str | None]:
+    """Best-effort text of each path in a (possibly bad) row, for the quarantine table."""
+    import json
+
+    try:
+        obj: Any = json.loads(row)
+    except ValueError:
+        return [None] * len(paths)
+    values: list[str | None] = []
+    for path in paths:
+        node: Any = obj
+        for key in path or ():
+            node = node.get(key) if isinstance(node, dict) else None
+        if path is None or node is None:
+            values.append(None)
+        elif isinstance(node, str):
+            values.append(node)
+        else:
+            values.append(json.dumps(node, separators=(",", ":"), ensure_ascii=False))
+    return values

@@ -1,0 +1,51 @@
+"""Storage backends behind one small interface.
+
+* :class:`~tinyingest.sinks.clickhouse.ClickHouseSink`: a ClickHouse server or cluster over
+  the native protocol (clickhouse-driver), for production;
+* :class:`~tinyingest.sinks.embedded.EmbeddedSink`: ClickHouse in-process (chDB), the
+  zero-setup default.
+
+Both are blocking and not thread-safe; the batcher calls them from one worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tinyingest.block import EncodedBlock
+
+
+class SinkError(Exception):
+    """ClickHouse refused or could not be reached. ``code`` is ClickHouse's error code if known."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """A SELECT's result, enough to render Tinybird's / ClickHouse's JSON output."""
+
+    meta: list[tuple[str, str]]  # (name, ClickHouse type)
+    rows: list[tuple[Any, ...]]
+    rows_read: int
+    bytes_read: int
+    elapsed: float
+
+
+class Sink(Protocol):
+    name: str  # "clickhouse" or "embedded", shown at startup and on /healthz
+
+    def execute(self, sql: str) -> None:
+        """Run a statement that returns nothing (DDL)."""
+
+    def insert(self, table: str, block: EncodedBlock) -> None:
+        """Insert all rows of ``block`` into ``table`` as one INSERT, or raise SinkError."""
+
+    def query(self, sql: str, *, readonly: bool = True, max_execution_time: float = 10.0,
+              max_result_rows: int = 0) -> QueryResult:
+        """Run a SELECT; with ``readonly`` the query cannot change data or settings."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,274 @@
+"""Embedded ClickHouse (chDB): the zero-setup sink.
+
+:class:`EmbeddedSink` runs ClickHouse in-process with chDB (``pip install chdb-core``)
+on a data directory of its own. It speaks the same SQL as a current ClickHouse server.
+
+* **Inserts** stream the :class:`~tinyingest.block.EncodedBlock` as one Native-format
+  block (``n_columns``, ``n_rows``, then per column name, type and payload) into
+  ``Connection.send_insert("INSERT INTO t (...)", "Native")``: no temporary file, no
+  Python object per row, and the engine parses Native at memory speed.
+* **Queries** come back in Native format too and are decoded with clickhouse-driver's
+  column readers, so rows hold the same Python values as
+  :class:`~tinyingest.sinks.clickhouse.ClickHouseSink` returns (``datetime``, ``date``,
+  ``None`` for NULL, lists for arrays).
+* **Read-only queries** run on a second connection to the same engine opened with
+  ``readonly=1`` and the limits as connection settings; a ``SETTINGS`` clause in the SQL
+  can then neither lift the limits nor write (chDB runs every ``;``-separated statement,
+  so a per-query ``SETTINGS`` suffix would not be enough).
+
+chDB hosts one engine per process, bound to one data directory: open one EmbeddedSink
+per process and :meth:`~EmbeddedSink.close` it before opening another directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from typing import Any
+
+from tinyingest.block import EncodedBlock
+from tinyingest.sinks import QueryResult, SinkError
+from tinyingest.sinks.clickhouse import quote_identifier, quote_table
+
+__all__ = ["EmbeddedSink"]
+
+_CODE = re.compile(r"Code: (\d+)\. (?:DB::Exception: )?")
+_VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+[^)]*\)\.?$")
+_MAX_READERS = 8  # cached query connections, one per distinct (readonly, limits)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _binary_str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _varint(len(raw)) + raw
+
+
+def _sink_error(exc: BaseException) -> SinkError:
+    """ClickHouse's message and code out of a chDB exception."""
+    text = str(exc)
+    match = None
+    for match in _CODE.finditer(text):
+        pass  # the innermost "Code: N." carries the real message
+    if match is None:
+        return SinkError(text)
+    message = _VERSION_SUFFIX.sub("", text[match.end() :]).strip()
+    # chDB wraps some errors twice: "Code: 164. DB::Exception: ... (version x). (READONLY)"
+    message = re.sub(r"\s*\(version [0-9.]+[^)]*\)\.\s*\([A-Z_]+\)$", "", message)
+    return SinkError(message, int(match.group(1)))
+
+
+class _NativeDecoder:
+    """Decodes chDB's Native output with clickhouse-driver's column readers."""
+
+    def __init__(self, timezone: str) -> None:
+        from clickhouse_driver import Client
+        from clickhouse_driver.connection import ServerInfo
+        from clickhouse_driver.context import Context
+
+        self._context = Context()
+        # Revision 0: Native output has no BlockInfo and no custom-serialization flags.
+        self._context.server_info = ServerInfo("chDB", 0, 0, 0, 0, timezone, "chDB", 0)
+        self._context.settings = {}
+        # The driver's defaults (str for String, no numpy), as ClickHouseSink gets them.
+        self._context.client_settings = Client("127.0.0.1").client_settings
+
+    def decode(self, data: bytes) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+        from clickhouse_driver.bufferedreader import CompressedBufferedReader
+        from clickhouse_driver.streams.native import BlockInputStream
+
+        meta: list[tuple[str, str]] = []
+        rows: list[tuple[Any, ...]] = []
+        if not data:
+            return meta, rows
+        chunks = [data]
+        reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"", len(data))
+        stream = BlockInputStream(reader, self._context)
+        while True:
+            block = stream.read()
+            if not meta:
+                meta = [(str(name), str(ch_type)) for name, ch_type in block.columns_with_types]
+            rows.extend(tuple(row) for row in block.get_rows())
+            if reader.position >= reader.current_buffer_size:
+                return meta, rows
+
+
+class EmbeddedSink:
+    """ClickHouse in-process (chDB) on ``data_dir``.
+
+    :param data_dir: where chDB keeps its databases; created if missing.
+    :param timezone: the session time zone (``session_timezone``) of every query.
+
+    >>> sink = EmbeddedSink("/var/lib/tinyingest")  # doctest: +SKIP
+
+    .. versionadded:: 0.1
+    """
+
+    name = "embedded"
+
+    def __init__(self, data_dir: str, *, timezone: str = "UTC") -> None:
+        try:
+            import chdb
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "the embedded sink needs chDB: pip install 'tinyingest[embedded]'"
+            ) from e
+        path = os.path.abspath(data_dir)
+        if "?" in path or "&" in path:
+            raise ValueError(f"data_dir {path!r} must not contain '?' or '&'")
+        os.makedirs(path, exist_ok=True)
+        self.data_dir = path
+        self._chdb = chdb
+        self._timezone = timezone
+        try:
+            self._conn: Any = chdb.connect(self._connection_string({}))
+        except Exception as e:
+            raise _sink_error(e) from e
+        self._readers: OrderedDict[tuple[object, ...], Any] = OrderedDict()
+        self._decoder = _NativeDecoder(timezone)
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedSink {self.data_dir}>"
+
+    def _connection_string(self, settings: dict[str, object]) -> str:
+        params = {"session_timezone": self._timezone, **settings}
+        return self.data_dir + "?" + "&".join(f"{key}={value}" for key, value in params.items())
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            raise SinkError("the embedded sink is closed")
+        return self._conn
+
+    # -- Sink protocol ------------------------------------------------------------
+
+    def execute(self, sql: str) -> None:
+        """Run a statement that returns nothing (DDL).
+
+        :raises SinkError: ClickHouse refused the statement.
+        """
+        try:
+            self._connection().query(sql, "Null")
+        except Exception as e:
+            raise _sink_error(e) from e
+
+    def insert(self, table: str, block: EncodedBlock) -> None:
+        """Insert ``block`` into ``table`` as one INSERT (one Native block).
+
+        :raises SinkError: the table is missing, a type does not match, or the data
+            is malformed; nothing was inserted.
+        """
+        if block.num_rows == 0:
+            return
+        columns = ", ".join(quote_identifier(name) for name in block.names)
+        sql = f"INSERT INTO {quote_table(table)} ({columns})"
+        try:
+            inserter = self._connection().send_insert(sql, "Native")
+        except Exception as e:
+            raise _sink_error(e) from e
+        try:
+            head = bytearray(_varint(len(block.names)))
+            head += _varint(block.num_rows)
+            for name, ch_type, payload in zip(block.names, block.types, block.payloads):
+                head += _binary_str(name)
+                head += _binary_str(ch_type)
+                inserter.append(bytes(head))
+                inserter.append(payload)
+                head.clear()
+            inserter.finish()
+        except Exception as e:
+            try:
+                inserter.cancel()
+            except Exception:
+                pass  # the original error is the one to report
+            raise _sink_error(e) from e
+
+    def query(
+        self,
+        sql: str,
+        *,
+        readonly: bool = True,
+        max_execution_time: float = 10.0,
+        max_result_rows: int = 0,
+    ) -> QueryResult:
+        """Run a SELECT and return all its rows (see :meth:`ClickHouseSink.query`).
+
+        :raises SinkError: ClickHouse refused the query or a limit was hit.
+        """
+        connection = self._reader(readonly, max_execution_time, max_result_rows)
+        try:
+            result = connection.query(sql, "Native")
+            data = result.bytes()
+            meta, rows = self._decoder.decode(data)
+            if not meta:
+                meta = self._describe(connection, sql)
+            return QueryResult(
+                meta=meta,
+                rows=rows,
+                rows_read=int(result.rows_read()),
+                bytes_read=int(result.bytes_read()),
+                elapsed=float(result.elapsed()),
+            )
+        except SinkError:
+            raise
+        except Exception as e:
+            raise _sink_error(e) from e
+
+    def close(self) -> None:
+        """Close every connection; the engine shuts down with the last one."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- internals ----------------------------------------------------------------
+
+    def _reader(self, readonly: bool, max_execution_time: float, max_result_rows: int) -> Any:
+        """A connection whose session carries the limits (and ``readonly=1``, set last)."""
+        self._connection()  # raises when closed
+        key = (readonly, max_execution_time, max_result_rows)
+        reader = self._readers.get(key)
+        if reader is not None:
+            self._readers.move_to_end(key)
+            return reader
+        settings: dict[str, object] = {}
+        if max_execution_time > 0:
+            settings["max_execution_time"] = max_execution_time
+        if max_result_rows > 0:
+            settings["max_result_rows"] = max_result_rows
+            settings["result_overflow_mode"] = "throw"
+        if readonly:
+            settings["readonly"] = 1
+        try:
+            reader = self._chdb.connect(self._connection_string(settings))
+        except Exception as e:
+            raise _sink_error(e) from e
+        self._readers[key] = reader
+        if len(self._readers) > _MAX_READERS:
+            _, oldest = self._readers.popitem(last=False)
+            oldest.close()
+        return reader
+
+    @staticmethod
+    def _describe(connection: Any, sql: str) -> list[tuple[str, str]]:
+        """Column names and types of a query that returned no rows (Native writes nothing)."""
+        body = sql.strip().rstrip(";")
+        try:
+            data = connection.query(f"DESCRIBE TABLE ({body}\n)", "JSONCompact").bytes()
+        except Exception:
+            # e.g. a FORMAT clause in the query: run it again for its JSON meta.
+            data = connection.query(sql, "JSONCompact").bytes()
+            return [(str(c["name"]), str(c["type"])) for c in json.loads(data)["meta"]]
+
+        described = json.loads(data)["data"]
+        return [(str(row[0]), str(row[1])) for row in described]

@@ -1,0 +1,298 @@
+"""Test harness: a private, throw-away ClickHouse server.
+
+:class:`ClickHouseServer` runs a real ``clickhouse-server`` (Debian's package or any
+other build on ``PATH``) as a child process, with its own config, data directory and
+free loopback ports, in the spirit of :mod:`tornado.testing`. The test suite starts one
+per session; downstream projects can do the same::
+
+    from tinyingest.testing import ClickHouseServer
+
+    with ClickHouseServer() as server:
+        sink = ClickHouseSink(server.url)
+        ...
+
+Nothing is ever skipped: if the binary is missing, :meth:`ClickHouseServer.start`
+raises :class:`RuntimeError` saying how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+from typing import Self
+from xml.sax.saxutils import escape
+
+__all__ = ["ClickHouseServer"]
+
+_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>{log_level}</level>
+        <log>{dir}/log/clickhouse-server.log</log>
+        <errorlog>{dir}/log/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>1</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <tcp_port>{tcp_port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <max_connections>256</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>67108864</uncompressed_cache_size>
+    <mark_cache_size>67108864</mark_cache_size>
+    <path>{dir}/data/</path>
+    <tmp_path>{dir}/tmp/</tmp_path>
+    <user_files_path>{dir}/user_files/</user_files_path>
+    <format_schema_path>{dir}/format_schemas/</format_schema_path>
+    <users_config>{dir}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"""
+
+_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""
+
+
+def _free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ClickHouseServer:
+    """A private ``clickhouse-server`` on free loopback ports, with a temporary data dir.
+
+    :param binary: the server executable; default: ``clickhouse-server`` on ``PATH``,
+        then ``/usr/sbin/clickhouse-server``.
+    :param startup_timeout: seconds :meth:`start` waits for ``SELECT 1`` to answer.
+    :param log_level: the server's ``<logger><level>`` (its log lands in the data dir
+        and its tail is shown when startup fails).
+
+    The server runs in UTC and accepts user ``default`` without a password from
+    127.0.0.1 only. :meth:`stop` kills it and deletes every file it wrote.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = 30.0,
+        log_level: str = "warning",
+    ) -> None:
+        self._binary = binary
+        self._startup_timeout = startup_timeout
+        self._log_level = log_level
+        self._dir: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tcp_port = 0
+        self._http_port = 0
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def tcp_port(self) -> int:
+        """The native-protocol port (only valid once started)."""
+        return self._tcp_port
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP interface port (only valid once started)."""
+        return self._http_port
+
+    @property
+    def url(self) -> str:
+        """``clickhouse://default:@127.0.0.1:<tcp_port>/default``, for ClickHouseSink."""
+        return f"clickhouse://default:@127.0.0.1:{self._tcp_port}/default"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or None when it is not running."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def data_dir(self) -> str | None:
+        """The temporary directory holding config, data and logs."""
+        return self._dir
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _find_binary(self) -> str:
+        if self._binary is not None:
+            if not os.access(self._binary, os.X_OK):
+                raise RuntimeError(f"clickhouse-server binary {self._binary!r} is not executable")
+            return self._binary
+        found = shutil.which("clickhouse-server")
+        if found is None and os.access("/usr/sbin/clickhouse-server", os.X_OK):
+            found = "/usr/sbin/clickhouse-server"
+        if found is None:
+            raise RuntimeError(
+                "clickhouse-server was not found on PATH or in /usr/sbin; the tests need a real "
+                "ClickHouse server: run `apt-get install clickhouse-server` (Debian/Ubuntu) or "
+                "pass ClickHouseServer(binary=...)"
+            )
+        return found
+
+    def start(self) -> None:
+        """Write the config, start the server and wait until ``SELECT 1`` answers.
+
+        :raises RuntimeError: the binary is missing, or the server did not answer within
+            ``startup_timeout`` (the message includes the tail of its logs).
+        """
+        if self._proc is not None:
+            raise RuntimeError("ClickHouseServer is already started")
+        binary = self._find_binary()
+        self._dir = tempfile.mkdtemp(prefix="tinyingest-clickhouse-")
+        for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
+            os.mkdir(os.path.join(self._dir, sub))
+        self._tcp_port = _free_port()
+        self._http_port = _free_port()
+        while self._http_port == self._tcp_port:
+            self._http_port = _free_port()
+        config = os.path.join(self._dir, "config.xml")
+        with open(config, "w") as f:
+            f.write(
+                _CONFIG.format(
+                    dir=escape(self._dir),
+                    tcp_port=self._tcp_port,
+                    http_port=self._http_port,
+                    log_level=escape(self._log_level),
+                )
+            )
+        with open(os.path.join(self._dir, "users.xml"), "w") as f:
+            f.write(_USERS)
+        with open(os.path.join(self._dir, "log", "stdout.log"), "wb") as out:
+            self._proc = subprocess.Popen(
+                [binary, f"--config-file={config}"],
+                cwd=self._dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the test run must not race our stop()
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self._startup_timeout
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"clickhouse-server exited with code {self._proc.returncode} during "
+                    f"startup\n{self.log_tail()}"
+                )
+            try:
+                if self._select_one():
+                    return
+            except OSError as e:
+                last_error = str(e)
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"clickhouse-server did not answer SELECT 1 within {self._startup_timeout:g} s "
+            f"({last_error})\n{self.log_tail()}"
+        )
+
+    def _select_one(self) -> bool:
+        # Over HTTP: no dependency on the driver, and the HTTP and TCP listeners are
+        # opened together, after the tables are loaded.
+        with socket.create_connection(("127.0.0.1", self._http_port), timeout=2) as sock:
+            sock.sendall(
+                b"GET /?query=SELECT%201 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] and (
+            body.strip() == b"1"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's logs (error log, main log, stdout)."""
+        if self._dir is None:
+            return ""
+        parts = []
+        for name in ("clickhouse-server.err.log", "clickhouse-server.log", "stdout.log"):
+            path = os.path.join(self._dir, "log", name)
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            if text:
+                parts.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after ``timeout`` s) and delete its dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
