@@ -349,7 +349,16 @@ class _ParserBase:
             return
         self._num_rows += 1
 
-    def _too_long(self, row: bytes) -> None:
+    def _carry(self, rest: bytes) -> None:
+        if self._skipping:
+            return
+        self._tail += rest
+        if len(self._tail) > self._max_row_bytes:
+            self._too_long(self._tail)
+            self._tail = bytearray()
+            self._skipping = True
+
+    def _too_long(self, row: bytes | bytearray) -> None:
         self._errors.append(RowError(bytes(row[: self._max_row_bytes]), -1,
                                      int(ErrorCode.ROW_TOO_LONG), b""))
 
@@ -429,15 +438,6 @@ class NDJSONParser(_ParserBase):
         ended += self._end_line(b"")
         self._at_start = True
         return ended
-
-    def _carry(self, rest: bytes) -> None:
-        if self._skipping:
-            return
-        self._tail += rest
-        if len(self._tail) > self._max_row_bytes:
-            self._too_long(self._tail)
-            self._tail = bytearray()
-            self._skipping = True
 
     def _end_line(self, piece: bytes) -> int:
         if self._skipping:
@@ -734,8 +734,6 @@ class CSVParser(_ParserBase):
         self._escaped = False
         self._at_start = True
         return ended
-
-    _carry = NDJSONParser._carry
 
     def _end_record(self, piece: bytes) -> int:
         if self._skipping:

@@ -109,6 +109,9 @@ QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("c__error_column", "Array(String)"),
     ("c__error", "Array(String)"),
     ("c__import_id", "Nullable(String)"),
+    # Ours, not Tinybird's: the row exactly as received, so that a row that could not be
+    # split into columns (invalid JSON, a ragged CSV record) is still kept whole.
+    ("c__raw", "Nullable(String)"),
 )
 _RESERVED_COLUMNS = frozenset(name for name, _ in QUARANTINE_COLUMNS) | {"insertion_date"}
 

@@ -339,3 +339,35 @@ def encode_rows_py(
         num_rows=len(rows),
         payloads=tuple(payloads),
     )
+
+
+# -- batching: many requests' blocks -> one INSERT ------------------------------------
+
+
+def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) -> EncodedBlock:
+    """Join blocks encoded from the same columns into one block of all their rows.
+
+    Payloads concatenate as they are, except a Nullable column's null map, which must
+    precede all of its values, and LowCardinality, whose 8-byte version prefix is
+    written once: the blocks' dictionaries follow one another as granules, which
+    ClickHouse reads in sequence.
+    """
+    if len(blocks) == 1:
+        return blocks[0]
+    payloads: list[bytes] = []
+    for index, spec in enumerate(columns):
+        parts = [block.payloads[index] for block in blocks]
+        if spec.low_cardinality:
+            payloads.append(parts[0] + b"".join(part[8:] for part in parts[1:]))
+        elif spec.nullable:
+            nulls = [part[: block.num_rows] for part, block in zip(parts, blocks)]
+            values = [part[block.num_rows :] for part, block in zip(parts, blocks)]
+            payloads.append(b"".join(nulls) + b"".join(values))
+        else:
+            payloads.append(b"".join(parts))
+    return EncodedBlock(
+        names=blocks[0].names,
+        types=blocks[0].types,
+        num_rows=sum(block.num_rows for block in blocks),
+        payloads=tuple(payloads),
+    )

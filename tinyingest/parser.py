@@ -33,6 +33,6 @@ except ImportError:
 else:
     NDJSONParserC = _native.NDJSONParser
     CSVParserC = _native.CSVParser
-    NDJSONParser = _native.NDJSONParser  # type: ignore[assignment]
-    CSVParser = _native.CSVParser  # type: ignore[assignment]
+    NDJSONParser = _native.NDJSONParser
+    CSVParser = _native.CSVParser
     IMPLEMENTATION = "c"

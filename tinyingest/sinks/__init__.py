@@ -37,6 +37,7 @@ class QueryResult:
 
 class Sink(Protocol):
     name: str  # "clickhouse" or "embedded", shown at startup and on /healthz
+    database: str  # where the data sources' tables live
 
     def execute(self, sql: str) -> None:
         """Run a statement that returns nothing (DDL)."""

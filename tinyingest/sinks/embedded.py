@@ -114,6 +114,7 @@ class EmbeddedSink:
     """
 
     name = "embedded"
+    database = "default"
 
     def __init__(self, data_dir: str, *, timezone: str = "UTC") -> None:
         try:

@@ -1,0 +1,64 @@
+"""Settings: one frozen dataclass, filled from the command line and ``TINYINGEST_*``.
+
+Every setting is listed once here and once in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from tinyingest.batcher import BatchLimits
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: str = "."
+    host: str = "127.0.0.1"
+    port: int = 7181  # Tinybird Local's port
+    #: ``clickhouse://user:password@host:9000/db``; None: the embedded engine (chDB).
+    clickhouse_url: str | None = None
+    data_dir: str = "./.tinyingest"
+    #: TINYINGEST_ADMIN_TOKEN; None: generated on first start and kept in data_dir.
+    admin_token: str | None = None
+    #: Largest request body after decompression (TINYINGEST_MAX_BODY_BYTES).
+    max_body_bytes: int = 8 << 30
+    #: Longest NDJSON line / CSV record; longer rows are quarantined (TINYINGEST_MAX_ROW_BYTES).
+    max_row_bytes: int = 1 << 20
+    #: Seconds to receive a request's headers (Tornado's default is 3600).
+    header_timeout: float = 10.0
+    #: Seconds to receive a whole body (Tornado's default: no limit).
+    body_timeout: float = 3600.0
+    batch: BatchLimits = field(default_factory=BatchLimits)
+    #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.
+    query_timeout: float = 10.0
+    query_max_rows: int = 100_000
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults, then ``TINYINGEST_*`` variables, then ``overrides`` (not None)."""
+        values: dict[str, object] = {
+            "admin_token": os.environ.get("TINYINGEST_ADMIN_TOKEN") or None,
+            "max_body_bytes": _env_int("TINYINGEST_MAX_BODY_BYTES", cls.max_body_bytes),
+            "max_row_bytes": _env_int("TINYINGEST_MAX_ROW_BYTES", cls.max_row_bytes),
+            "batch": BatchLimits(
+                flush_rows=_env_int("TINYINGEST_FLUSH_ROWS", BatchLimits.flush_rows),
+                flush_bytes=_env_int("TINYINGEST_FLUSH_BYTES", BatchLimits.flush_bytes),
+                flush_interval=_env_float("TINYINGEST_FLUSH_INTERVAL",
+                                          BatchLimits.flush_interval),
+            ),
+            "query_timeout": _env_float("TINYINGEST_QUERY_TIMEOUT", cls.query_timeout),
+            "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,364 @@
+"""HTTP handlers for Tinybird's v0 API. Thin: the work happens in gateway/parser/batcher.
+
+Ingest handlers stream: ``data_received`` passes each chunk through the decoder
+(gzip/zstd), the multipart reader if any, and the parser, so a body is never held
+whole. Errors are JSON ``{"error": "..."}`` with ``Content-Type: application/json``,
+which Tinybird's clients require.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from tornado import web
+
+from tinyingest import parser
+from tinyingest.auth import Authorizer, request_token
+from tinyingest.decompress import BodyError, Decoder, make_decoder
+from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
+from tinyingest.multipart import MultipartReader, parse_boundary
+from tinyingest.sinks import QueryResult, SinkError
+
+log = logging.getLogger("tinyingest.http")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class BaseHandler(web.RequestHandler):
+    gateway: Gateway
+    authorizer: Authorizer
+
+    def initialize(self, gateway: Gateway, authorizer: Authorizer) -> None:
+        self.gateway = gateway
+        self.authorizer = authorizer
+
+    def set_default_headers(self) -> None:
+        # Browsers (flock.js, dashboards) call the API cross-origin.
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+
+    def options(self, *args: str) -> None:
+        self.set_status(204)
+        self.finish()
+
+    def require_admin(self) -> None:
+        token = request_token(self.request.headers.get("Authorization"),
+                              self.get_query_argument("token", None))
+        if token is None:
+            raise APIError(403, "missing token: send 'Authorization: Bearer <token>'")
+        if not self.authorizer.is_admin(token):
+            raise APIError(403, "invalid token")
+
+    def send_json(self, status: int, body: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, default=_json_value))
+
+    def send_api_error(self, error: APIError) -> None:
+        if self._finished:
+            return
+        self.clear()
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.send_json(error.status, {"error": error.message})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Tornado's own errors (405, 500, malformed requests) in the same JSON shape.
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": self._reason}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, APIError):
+            return
+        super().log_exception(typ, value, tb)
+
+    async def _handle(self, coro: Any) -> None:
+        try:
+            await coro
+        except APIError as error:
+            self.send_api_error(error)
+        except SinkError as error:
+            log.warning("ClickHouse error: %s", error)
+            self.send_api_error(APIError(503, f"ClickHouse error: {error}", {"Retry-After": "1"}))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+@web.stream_request_body
+class IngestHandler(BaseHandler):
+    """Shared body streaming for ``/v0/events`` and ``/v0/datasources`` appends."""
+
+    ingest: Ingest | None = None
+    error: APIError | None = None
+    decoder: Decoder | None = None
+    multipart: MultipartReader | None = None
+
+    def target(self) -> tuple[Table, str, dict[str, bytes | None], bool]:
+        """(table, format, CSV options, sniff gzip) from the request; raises APIError."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        if self.request.method != "POST":
+            return
+        try:
+            self.require_admin()
+            table, fmt, csv_options, sniff = self.target()
+            limit = self.gateway.settings.max_body_bytes
+            length = self.request.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise APIError(413, f"request body is larger than {limit} bytes")
+            try:
+                self.decoder = make_decoder(self.request.headers.get("Content-Encoding"),
+                                            limit, sniff_gzip=sniff)
+            except BodyError as exc:
+                raise APIError(exc.status, str(exc)) from None
+            content_type = self.request.headers.get("Content-Type", "")
+            if content_type.lower().startswith("multipart/form-data"):
+                boundary = parse_boundary(content_type)
+                if boundary is None:
+                    raise APIError(400, "multipart body without a boundary")
+                self.multipart = MultipartReader(boundary)
+            self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
+                                 import_id=self.import_id())
+        except APIError as error:
+            # Answer now; Tornado discards the rest of the body and closes the connection.
+            self.send_api_error(error)
+
+    def import_id(self) -> str:
+        return ""
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._finished or self.ingest is None or self.decoder is None:
+            return
+        try:
+            data = self.decoder.feed(chunk)
+            if self.multipart is not None:
+                data = self.multipart.feed(data)
+            self.ingest.feed(data)
+        except BodyError as exc:
+            self.send_api_error(APIError(exc.status, str(exc)))
+            return
+        # Flow control: Tornado reads no more of the body until this returns.
+        await self.ingest.backpressure()
+
+    def _finish_body(self) -> Ingest:
+        assert self.ingest is not None and self.decoder is not None
+        try:
+            data = self.decoder.finish()
+            if self.multipart is not None:
+                data = self.multipart.feed(data)
+                self.multipart.finish()
+            self.ingest.feed(data)
+        except BodyError as exc:
+            raise APIError(exc.status, str(exc)) from None
+        self.ingest.finish()
+        return self.ingest
+
+    def on_connection_close(self) -> None:
+        # A client that went away mid-body: its complete rows were accepted as they came.
+        if self.ingest is not None:
+            self.ingest.discard_results()
+
+
+class EventsHandler(IngestHandler):
+    """``POST /v0/events?name=DS[&wait=true]``: NDJSON rows (api.md section 1)."""
+
+    def target(self) -> tuple[Table, str, dict[str, bytes | None], bool]:
+        name = self.get_query_argument("name", None)
+        if not name:
+            raise APIError(400, "the 'name' parameter is required")
+        table = self.gateway.tables.get(name)
+        if table is None:
+            raise APIError(404, f"data source '{name}' not found")
+        return table, "ndjson", {}, False
+
+    async def post(self) -> None:
+        if not self._finished:
+            await self._handle(self._answer())
+
+    async def _answer(self) -> None:
+        ingest = self._finish_body()
+        body = {"successful_rows": ingest.successful_rows,
+                "quarantined_rows": ingest.quarantined_rows}
+        if self.get_query_argument("wait", "false").lower() in ("true", "1"):
+            await ingest.stored()
+            self.send_json(200, body)
+        else:
+            ingest.discard_results()
+            self.send_json(202, body)
+
+
+@web.stream_request_body
+class DataSourcesHandler(IngestHandler):
+    """``/v0/datasources``: ``GET`` lists; ``POST mode=append`` streams rows in."""
+
+    _import_id = ""
+
+    def import_id(self) -> str:
+        self._import_id = new_import_id()
+        return self._import_id
+
+    def target(self) -> tuple[Table, str, dict[str, bytes | None], bool]:
+        mode = self.get_query_argument("mode", "create")
+        if mode != "append":
+            raise APIError(400, f"mode={mode} is not supported yet; use mode=append")
+        name = self.get_query_argument("name", None)
+        if not name:
+            raise APIError(400, "the 'name' parameter is required")
+        table = self.gateway.tables.get(name)
+        if table is None:
+            raise APIError(404, f"data source '{name}' not found")
+        fmt = self.get_query_argument("format", "csv").lower()
+        if fmt not in ("csv", "ndjson", "json"):
+            raise APIError(400, f"format '{fmt}' is not supported (csv or ndjson)")
+        options: dict[str, bytes | None] = {}
+        delimiter = self.get_query_argument("dialect_delimiter", None)
+        if delimiter:
+            options["delimiter"] = _one_byte(delimiter, "dialect_delimiter")
+        escapechar = self.get_query_argument("dialect_escapechar", None)
+        if escapechar:
+            options["escapechar"] = _one_byte(escapechar, "dialect_escapechar")
+        new_line = self.get_query_argument("dialect_new_line", None)
+        if new_line and new_line not in ("\n", "\r\n", "\\n", "\\r\\n"):
+            raise APIError(400, "dialect_new_line must be \\n or \\r\\n")
+        return table, "csv" if fmt == "csv" else "ndjson", options, True
+
+    async def get(self) -> None:
+        await self._handle(self._list())
+
+    async def _list(self) -> None:
+        self.require_admin()
+        self.send_json(200, {"datasources": [datasource_json(t) for t in
+                                             self.gateway.tables.values()]})
+
+    async def post(self) -> None:
+        if not self._finished:
+            await self._handle(self._append())
+
+    async def _append(self) -> None:
+        ingest = self._finish_body()
+        await ingest.stored()  # appends answer once the rows are in ClickHouse
+        table = ingest.table
+        self.send_json(200, {
+            "id": self._import_id,
+            "import_id": self._import_id,
+            "job_id": self._import_id,
+            "datasource": datasource_json(table),
+            "successful_rows": ingest.successful_rows,
+            "quarantined_rows": ingest.quarantined_rows,
+            "quarantine_rows": ingest.quarantined_rows,
+            "invalid_lines": ingest.invalid_lines,
+            "error": False,
+            "blocks": [],
+        })
+
+
+def _one_byte(value: str, name: str) -> bytes:
+    text = {"\\t": "\t", "tab": "\t"}.get(value, value)
+    raw = text.encode()
+    if len(raw) != 1:
+        raise APIError(400, f"{name} must be a single character")
+    return raw
+
+
+def datasource_json(table: Table) -> dict[str, Any]:
+    datasource = table.datasource
+    created = datetime.datetime.fromtimestamp(table.created_at, datetime.timezone.utc)
+    stamp = created.strftime("%Y-%m-%d %H:%M:%S.%f")  # clients strip 7 chars: keep micros
+    return {
+        "id": "t_" + uuid.uuid5(uuid.NAMESPACE_DNS, datasource.name).hex,
+        "name": datasource.name,
+        "description": datasource.description,
+        "type": "ndjson",
+        "created_at": stamp,
+        "updated_at": stamp,
+        "engine": {"engine": datasource.engine.name,
+                   "sorting_key": datasource.engine.sorting_key or "tuple()",
+                   "partition_key": datasource.engine.partition_key or ""},
+        "schema": {"columns": [{
+            "name": c.name, "normalized_name": c.name, "type": c.ch_type,
+            "nullable": c.nullable, "default_value": c.default_expr, "codec": c.codec,
+            "jsonpath": c.jsonpath, "auto": False,
+        } for c in datasource.columns]},
+        "headers": {}, "tags": {}, "shared_with": [], "used_by": [], "indexes": [],
+        "quarantine": datasource.quarantine_name,
+    }
+
+
+_TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+
+
+class SQLHandler(BaseHandler):
+    """``GET|POST /v0/sql?q=SELECT ...``: read-only queries, ClickHouse's JSON output."""
+
+    async def get(self) -> None:
+        await self._handle(self._query(self.get_query_argument("q", None)))
+
+    async def post(self) -> None:
+        q = self.get_argument("q", None)
+        if q is None:
+            q = self.request.body.decode("utf-8", "replace")
+        await self._handle(self._query(q))
+
+    async def _query(self, q: str | None) -> None:
+        self.require_admin()
+        if not q or not q.strip():
+            raise APIError(400, "the 'q' parameter is required")
+        sql = q.strip().rstrip(";")
+        match = _TRAILING_FORMAT.search(sql)
+        if match:
+            if match.group(1).upper() != "JSON":
+                raise APIError(400, f"FORMAT {match.group(1)} is not supported yet; use JSON")
+            sql = sql[: match.start()]
+        try:
+            result = await self.gateway.query(sql)
+        except SinkError as error:
+            raise APIError(408 if error.code == 159 else 400, str(error)) from None
+        self.send_json(200, query_json(result))
+
+
+def query_json(result: QueryResult) -> dict[str, Any]:
+    names = [name for name, _ in result.meta]
+    return {
+        "meta": [{"name": name, "type": ch_type} for name, ch_type in result.meta],
+        "data": [dict(zip(names, row)) for row in result.rows],
+        "rows": len(result.rows),
+        "statistics": {"elapsed": result.elapsed, "rows_read": result.rows_read,
+                       "bytes_read": result.bytes_read},
+    }
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json(200, {"status": "ok", "parser": parser.IMPLEMENTATION,
+                             "backend": self.gateway.sink.name})
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        self.send_api_error(APIError(404, f"not found: {self.request.path}"))

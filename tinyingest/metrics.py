@@ -1,0 +1,35 @@
+"""Prometheus metrics, fed from one place: the Application's ``log_function``.
+
+Ingest counters are bumped by the ingest handlers through :func:`count_rows`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from tornado import web
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Histogram(
+    "tinyingest_request_seconds", "HTTP requests by handler and status",
+    ["handler", "status"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+ROWS = Counter("tinyingest_rows_total", "Rows received by data source and outcome",
+               ["datasource", "outcome"], registry=REGISTRY)
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado ``log_function``: one observation per finished request."""
+    REQUESTS.labels(type(handler).__name__, str(handler.get_status())).observe(
+        handler.request.request_time())
+
+
+def count_rows(datasource: str, stored: int, quarantined: int) -> None:
+    ROWS.labels(datasource, "stored").inc(stored)
+    ROWS.labels(datasource, "quarantined").inc(quarantined)
+
+
+class MetricsHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(generate_latest(REGISTRY))

@@ -1,0 +1,27 @@
+"""The URL table and the Tornado Application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from tinyingest import handlers, metrics
+from tinyingest.auth import Authorizer
+from tinyingest.gateway import Gateway
+
+
+def make_app(gateway: Gateway, authorizer: Authorizer) -> web.Application:
+    shared: dict[str, Any] = {"gateway": gateway, "authorizer": authorizer}
+    return web.Application(
+        [
+            (r"/v0/events", handlers.EventsHandler, shared),
+            (r"/v0/datasources", handlers.DataSourcesHandler, shared),
+            (r"/v0/sql", handlers.SQLHandler, shared),
+            (r"/healthz", handlers.HealthHandler, shared),
+            (r"/metrics", metrics.MetricsHandler),
+        ],
+        default_handler_class=handlers.NotFoundHandler,
+        default_handler_args=shared,
+        log_function=metrics.log_request,
+    )
