@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tinyingest.sinks import Sink
-from tinyingest.testing import ClickHouseServer
+from tinyingest.testing import ClickHouseServer, GatewayProcess
 
 # -- ClickHouse server ---------------------------------------------------------------
 
@@ -64,3 +64,44 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink]:
         yield from _clickhouse_sink(request.getfixturevalue("clickhouse_server"))
     else:
         yield from _embedded_sink(tmp_path)
+
+
+# -- the gateway as users run it ---------------------------------------------------------
+
+PROJECT_DIR = str(Path(__file__).parent / "project")
+
+#: Short flush interval: tests wait for rows, not for the batching defaults.
+GATEWAY_ENV = {"TINYINGEST_FLUSH_INTERVAL": "0.05", "TINYINGEST_MAX_BODY_BYTES": str(64 << 20)}
+
+
+def start_gateway(backend: str, data_dir: Path, env: dict[str, str] | None = None,
+                  server: ClickHouseServer | None = None) -> GatewayProcess:
+    """A running ``tinyingest serve`` on ``backend``, with the tests' project."""
+    url = None
+    if backend == "clickhouse":
+        assert server is not None
+        from tinyingest.sinks.clickhouse import ClickHouseSink
+
+        database = f"gw_{next(_database_numbers)}"
+        admin = ClickHouseSink(server.url)
+        admin.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+        admin.close()
+        url = server.url.rsplit("/", 1)[0] + "/" + database
+    gateway = GatewayProcess(PROJECT_DIR, str(data_dir), clickhouse_url=url,
+                             env={**GATEWAY_ENV, **(env or {})})
+    gateway.start()
+    return gateway
+
+
+@pytest.fixture(scope="module", params=["clickhouse", "embedded"])
+def gateway(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One gateway per test module and backend; tests keep apart by a unique ``tag``."""
+    server = request.getfixturevalue("clickhouse_server") if request.param == "clickhouse" \
+        else None
+    process = start_gateway(request.param, tmp_path_factory.mktemp("gateway"), server=server)
+    try:
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, f"gateway exited with {code}:\n{process.log_tail()}"

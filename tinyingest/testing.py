@@ -296,3 +296,94 @@ class ClickHouseServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class GatewayProcess:
+    """``tinyingest serve`` as a child process on a free loopback port.
+
+    :param project_dir: the datafiles to serve.
+    :param clickhouse_url: a server (``ClickHouseServer.url``), or None for the
+        embedded engine in ``data_dir``.
+    :param env: extra environment (``TINYINGEST_*`` settings).
+
+    ``url`` is the base URL and ``token`` the admin token. :meth:`stop` sends SIGTERM
+    (the gateway flushes and exits 0) and returns the exit code.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, project_dir: str, data_dir: str, *, clickhouse_url: str | None = None,
+                 env: dict[str, str] | None = None, token: str = "test-admin-token",
+                 startup_timeout: float = 60.0) -> None:
+        self.project_dir = project_dir
+        self.data_dir = data_dir
+        self.clickhouse_url = clickhouse_url
+        self.token = token
+        self.port = 0
+        self._env = dict(env or {})
+        self._startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = os.path.join(data_dir, "gateway.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        import sys
+        import urllib.request
+
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.port = _free_port()
+        command = [sys.executable, "-m", "tinyingest", "serve", "--project", self.project_dir,
+                   "--data-dir", self.data_dir, "--port", str(self.port)]
+        if self.clickhouse_url:
+            command += ["--clickhouse", self.clickhouse_url]
+        env = {**os.environ, "TINYINGEST_ADMIN_TOKEN": self.token, **self._env}
+        with open(self._log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                          env=env)
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self._proc.returncode}:\n"
+                                   + self.log_tail())
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gateway did not answer /healthz:\n" + self.log_tail())
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self._log_path, encoding="utf-8", errors="replace") as file:
+                return "".join(file.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
