@@ -46,6 +46,17 @@ cdef struct ErrRec:
     int code                # ErrorCode
 
 
+cdef const unsigned char[::1] as_bytes_view(data):
+    # feed() input as bytes: any buffer, like _pyparser's bytes(data). bytes, bytearray
+    # and byte memoryviews are used in place; other formats and strides are copied.
+    cdef const unsigned char[::1] view
+    try:
+        view = data
+    except (ValueError, TypeError, BufferError):
+        view = bytes(data)
+    return view
+
+
 cdef inline bint is_ws(unsigned char c) noexcept nogil:
     return c == b' ' or c == b'\t' or c == b'\r' or c == b'\n'
 
@@ -88,10 +99,13 @@ cdef class _ParserCore:
         self._slots = <Slot*>PyMem_Malloc(sizeof(Slot) * max(self._ncols, 1))
         if self._cols == NULL or self._slots == NULL:
             raise MemoryError()
+        # Zero every column first: a bad DEFAULT below raises, and __dealloc__ then frees
+        # the buffers of all columns, the later ones included.
+        for i in range(self._ncols):
+            memset_column(&self._cols[i])
         for i in range(self._ncols):
             spec = self._specs[i]
             col = &self._cols[i]
-            memset_column(col)
             col.code = int(spec.type_code)
             col.width = _pyparser.FIXED_WIDTH[spec.type_code]
             col.nullable = spec.nullable

@@ -20,6 +20,7 @@ cdef class CSVParser(_ParserCore):
     cdef int _delimiter
     cdef int _escape             # -1: none
     cdef int _header             # -1 undecided, 0 no header, 1 header seen
+    cdef bint _header_forced     # header=True: the first record is skipped in any case
     cdef int* _mapping           # per column: index of its field in a record
     cdef int _num_fields         # fields every record must have
     cdef bint _in_quotes         # quote state at the scan position
@@ -43,7 +44,9 @@ cdef class CSVParser(_ParserCore):
             raise ValueError("escapechar must be one byte")
         self._delimiter = delimiter[0]
         self._escape = escapechar[0] if escapechar is not None else -1
-        self._header = -1 if header is None else (1 if header else 0)
+        # header=None and True: decided at the first record; False: no header.
+        self._header = 0 if header is not None and not header else -1
+        self._header_forced = bool(header)
         self._mapping = <int*>PyMem_Malloc(sizeof(int) * max(self._ncols, 1))
         if self._mapping == NULL:
             raise MemoryError()
@@ -64,7 +67,7 @@ cdef class CSVParser(_ParserCore):
         cdef Py_ssize_t n
         if self._at_start:
             data = self._strip_bom(bytes(data))
-        view = data
+        view = as_bytes_view(data)
         n = view.shape[0]
         self._ended = 0
         if n == 0:
@@ -114,6 +117,8 @@ cdef class CSVParser(_ParserCore):
             self._num_fields = len(names)
             return
         self._header = 0
+        if self._header_forced:
+            return  # a header that does not name the columns: fields map by position
         self._ended += 1
         if self._process_row(<const char*>record, len(record)) == ERR_NO_MEMORY:
             raise MemoryError()

@@ -95,7 +95,7 @@ cdef class NDJSONParser(_ParserCore):
         cdef int rc
         if self._at_start:
             data = self._strip_bom(bytes(data))
-        view = data
+        view = as_bytes_view(data)
         self._ended = 0
         if view.shape[0] == 0:
             return 0

@@ -465,6 +465,7 @@ def test_create_quarantine_sql(tmp_path: Path) -> None:
         "    `c__error_column` Array(String),\n"
         "    `c__error` Array(String),\n"
         "    `c__import_id` Nullable(String),\n"
+        "    `c__raw` Nullable(String),\n"
         "    `a` Nullable(String),\n"
         "    `b c` Nullable(String),\n"
         "    `insertion_date` DateTime\n"

@@ -64,6 +64,9 @@ def _parse_int(text: bytes, code: TypeCode) -> bytes:
     body = text[1:] if text[:1] in (b"+", b"-") else text
     if not body or body.strip(_DIGITS):
         raise _ConvertError(ErrorCode.BAD_VALUE)
+    if len(body.lstrip(b"0")) > 20:
+        # Out of every range; int() of over 4300 digits would raise ValueError.
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
     value = int(text)
     if not lo <= value <= hi:
         raise _ConvertError(ErrorCode.OUT_OF_RANGE)
@@ -148,7 +151,10 @@ def _parse_datetime(text: bytes, date_only: bool) -> int:
     if text and text[0] in _DIGITS and (len(text) < 5 or text[4] != 0x2D):  # no '-' at 4
         if not _is_float_text(text) or text[:1] in b"+-" or b"e" in text or b"E" in text:
             raise _ConvertError(ErrorCode.BAD_VALUE)
-        whole = int(text.split(b".")[0])
+        digits = text.split(b".")[0].lstrip(b"0")
+        if len(digits) > 20:  # int() of over 4300 digits would raise ValueError
+            raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+        whole = int(digits or b"0")
         seconds = whole // 1000 if whole >= 100_000_000_000 else whole
         if seconds > 0xFFFFFFFF:
             raise _ConvertError(ErrorCode.OUT_OF_RANGE)
@@ -684,6 +690,9 @@ class CSVParser(_ParserBase):
     :param delimiter: one byte, ``,`` by default (``dialect_delimiter``).
     :param escapechar: one byte or ``None``: the next byte is taken literally
         (``dialect_escapechar``).
+    :param header: ``None`` (default): the first record is a header when it names every
+        column; ``True``: the first record is a header, skipped even when it does not
+        name every column (fields then map by position); ``False``: there is no header.
     """
 
     def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int = 1 << 20,
@@ -696,7 +705,10 @@ class CSVParser(_ParserBase):
             raise ValueError("escapechar must be one byte")
         self._delimiter = delimiter[0]
         self._escape = escapechar[0] if escapechar is not None else -1
-        self._header = header  # None: detect from the first record
+        # The first record: a header if it names every column (header=None), always a
+        # header (True) or never (False).
+        self._header_forced = bool(header)
+        self._header_done = header is not None and not header
         self._mapping: list[int] = list(range(len(columns)))  # field index per column
         self._num_fields = len(columns)
         self._in_quotes = False  # quote state at the end of self._tail
@@ -751,9 +763,9 @@ class CSVParser(_ParserBase):
             record = record[:-1]
         if not record:
             return 0
-        if self._header is None:
-            self._header = self._detect_header(record)
-            if self._header:
+        if not self._header_done:
+            self._header_done = True
+            if self._detect_header(record) or self._header_forced:
                 return 0
         self._row(record)
         return 1
