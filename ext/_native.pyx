@@ -485,3 +485,207 @@ def encode_strings(offsets, data):
     finally:
         buf_free(&out)
     return result
+
+
+# --- LowCardinality(String) ---------------------------------------------------------------
+
+cdef struct LCEntry:
+    Py_ssize_t off      # the value, in data
+    Py_ssize_t len
+    uint64_t hash
+
+
+cdef inline uint64_t lc_hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    # 8 bytes at a time, then murmur3's 64-bit finaliser.
+    cdef uint64_t h = <uint64_t>0x9E3779B97F4A7C15 ^ <uint64_t>n
+    cdef uint64_t w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
+        h ^= h >> 29
+        p += 8
+        n -= 8
+    if n:
+        w = 0
+        memcpy(&w, p, <size_t>n)
+        h = (h ^ w) * <uint64_t>0xC4CEB9FE1A85EC53
+        h ^= h >> 29
+    h ^= h >> 33
+    h *= <uint64_t>0xFF51AFD7ED558CCD
+    h ^= h >> 33
+    h *= <uint64_t>0xC4CEB9FE1A85EC53
+    h ^= h >> 33
+    return h
+
+
+cdef inline void put_u64(Buf* out, uint64_t value) noexcept nogil:
+    # Little-endian host (checked at import): the in-memory bytes are Native's.
+    memcpy(out.ptr + out.len, &value, 8)
+    out.len += 8
+
+
+cdef inline void put_varint(Buf* out, uint64_t value) noexcept nogil:
+    while value >= 0x80:
+        out.ptr[out.len] = <char>((value & 0x7F) | 0x80)
+        out.len += 1
+        value >>= 7
+    out.ptr[out.len] = <char>value
+    out.len += 1
+
+
+cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
+                   const unsigned char* nulls, Buf* out) noexcept nogil:
+    # The LowCardinality payload of encode_low_cardinality_py into out; -1 if out of memory.
+    # Dictionary positions: an open-addressing table of entry numbers + 1 (0 = empty)
+    # over (hash, len, bytes), doubled when half full.
+    cdef uint64_t* keys = NULL
+    cdef Py_ssize_t* table = NULL
+    cdef Py_ssize_t* bigger
+    cdef Py_ssize_t mask = 255
+    cdef Buf entries
+    cdef LCEntry* ent
+    cdef LCEntry entry
+    cdef Py_ssize_t nentries = 0
+    cdef Py_ssize_t base = 1 if nulls != NULL else 0
+    cdef Py_ssize_t i, j, k, start, length, slot, dict_bytes = 0
+    cdef uint64_t h, max_key, key
+    cdef int width, width_code
+    cdef int rc = -1
+    cdef uint8_t k8
+    cdef uint16_t k16
+    cdef uint32_t k32
+    memset(&entries, 0, sizeof(Buf))
+    keys = <uint64_t*>PyMem_RawMalloc(<size_t>count * sizeof(uint64_t))
+    table = <Py_ssize_t*>PyMem_RawMalloc((mask + 1) * sizeof(Py_ssize_t))
+    if keys == NULL or table == NULL:
+        goto done
+    memset(table, 0, (mask + 1) * sizeof(Py_ssize_t))
+    for i in range(count):
+        if nulls != NULL and nulls[i]:
+            keys[i] = 0
+            continue
+        start = offs[i]
+        length = offs[i + 1] - start
+        h = lc_hash(data + start, length)
+        slot = <Py_ssize_t>(h & <uint64_t>mask)
+        while True:
+            j = table[slot]
+            if j == 0:
+                entry.off = start
+                entry.len = length
+                entry.hash = h
+                if buf_append(&entries, <const char*>&entry, sizeof(LCEntry)) < 0:
+                    goto done
+                nentries += 1
+                dict_bytes += length
+                table[slot] = nentries
+                keys[i] = <uint64_t>(nentries - 1 + base)
+                if nentries * 2 > mask + 1:
+                    bigger = <Py_ssize_t*>PyMem_RawMalloc((mask + 1) * 2 * sizeof(Py_ssize_t))
+                    if bigger == NULL:
+                        goto done
+                    mask = (mask + 1) * 2 - 1
+                    memset(bigger, 0, (mask + 1) * sizeof(Py_ssize_t))
+                    ent = <LCEntry*>entries.ptr
+                    for k in range(nentries):
+                        slot = <Py_ssize_t>(ent[k].hash & <uint64_t>mask)
+                        while bigger[slot]:
+                            slot = (slot + 1) & mask
+                        bigger[slot] = k + 1
+                    PyMem_RawFree(table)
+                    table = bigger
+                break
+            ent = &(<LCEntry*>entries.ptr)[j - 1]
+            if ent.hash == h and ent.len == length and (
+                    length == 0 or memcmp(data + ent.off, data + start, <size_t>length) == 0):
+                keys[i] = <uint64_t>(j - 1 + base)
+                break
+            slot = (slot + 1) & mask
+    max_key = <uint64_t>(nentries + base - 1)
+    if max_key <= 0xFF:
+        width, width_code = 1, 0
+    elif max_key <= 0xFFFF:
+        width, width_code = 2, 1
+    elif max_key <= 0xFFFFFFFF:
+        width, width_code = 4, 2
+    else:
+        width, width_code = 8, 3
+    if buf_reserve(out, 32 + (nentries + base) * 10 + dict_bytes + count * width) < 0:
+        goto done
+    put_u64(out, 1)  # keys version: SharedDictionariesWithAdditionalKeys
+    put_u64(out, (1 << 9) | (1 << 10) | width_code)  # has additional keys, update dictionary
+    put_u64(out, <uint64_t>(nentries + base))
+    if base:
+        put_varint(out, 0)  # position 0: NULL's placeholder value ""
+    ent = <LCEntry*>entries.ptr
+    for k in range(nentries):
+        put_varint(out, <uint64_t>ent[k].len)
+        if ent[k].len:
+            memcpy(out.ptr + out.len, data + ent[k].off, <size_t>ent[k].len)
+            out.len += ent[k].len
+    put_u64(out, <uint64_t>count)
+    for i in range(count):
+        key = keys[i]
+        if width == 1:
+            k8 = <uint8_t>key
+            out.ptr[out.len] = <char>k8
+        elif width == 2:
+            k16 = <uint16_t>key
+            memcpy(out.ptr + out.len, &k16, 2)
+        elif width == 4:
+            k32 = <uint32_t>key
+            memcpy(out.ptr + out.len, &k32, 4)
+        else:
+            memcpy(out.ptr + out.len, &key, 8)
+        out.len += width
+    rc = 0
+    done:
+    PyMem_RawFree(keys)
+    PyMem_RawFree(table)
+    buf_free(&entries)
+    return rc
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_low_cardinality(offsets, data, nulls=None):
+    """Native LowCardinality(String) payload, or LowCardinality(Nullable(String)) when
+    ``nulls`` is given: the compiled twin of ``native.encode_low_cardinality_py``."""
+    cdef const unsigned char[::1] off_view = offsets
+    cdef const unsigned char[::1] data_view = data
+    cdef const unsigned char[::1] null_view
+    cdef const unsigned char* null_ptr = NULL
+    cdef const unsigned char* data_ptr = NULL
+    cdef Py_ssize_t count = off_view.shape[0] // 8 - 1
+    cdef const int64_t* offs
+    cdef Py_ssize_t i
+    cdef int rc
+    cdef Buf out
+    cdef bytes result
+    if off_view.shape[0] % 8:
+        raise ValueError("string offsets must be int64 values")
+    if count <= 0:
+        return b""
+    if nulls is not None:
+        null_view = nulls
+        if null_view.shape[0] != count:
+            raise ValueError(f"{null_view.shape[0]} null flags for {count} rows")
+        null_ptr = &null_view[0]
+    offs = <const int64_t*>&off_view[0]
+    if offs[0] < 0 or offs[count] > data_view.shape[0]:
+        raise ValueError("offsets do not match data")
+    for i in range(count):
+        if offs[i + 1] < offs[i]:
+            raise ValueError("string offsets must not decrease")
+    if data_view.shape[0]:
+        data_ptr = &data_view[0]
+    memset(&out, 0, sizeof(Buf))
+    try:
+        with nogil:
+            rc = lc_encode(offs, count, data_ptr, null_ptr, &out)
+        if rc < 0:
+            raise MemoryError()
+        result = PyBytes_FromStringAndSize(out.ptr, out.len)
+    finally:
+        buf_free(&out)
+    return result
