@@ -533,92 +533,94 @@ cdef inline void put_varint(Buf* out, uint64_t value) noexcept nogil:
     out.len += 1
 
 
-cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
-                   const unsigned char* nulls, Buf* out) noexcept nogil:
-    # The LowCardinality payload of encode_low_cardinality_py into out; -1 if out of memory.
-    # Dictionary positions: an open-addressing table of entry numbers + 1 (0 = empty)
-    # over (hash, len, bytes), doubled when half full.
-    cdef uint64_t* keys = NULL
-    cdef Py_ssize_t* table = NULL
-    cdef Py_ssize_t* bigger
-    cdef Py_ssize_t mask = 255
-    cdef Buf entries
+cdef struct LCTable:
+    # Dictionary positions: open addressing over entry numbers + 1 (0 = empty), keyed by
+    # (hash, len, bytes); doubled when half full.
+    Py_ssize_t* slots
+    Py_ssize_t mask
+    Buf entries         # LCEntry array, in first-seen order: the dictionary
+    Py_ssize_t count
+    Py_ssize_t nbytes   # total length of the entries' values
+
+
+cdef int lc_grow(LCTable* t) noexcept nogil:
+    cdef Py_ssize_t size = (t.mask + 1) * 2
+    cdef Py_ssize_t k, slot
+    cdef LCEntry* ent = <LCEntry*>t.entries.ptr
+    cdef Py_ssize_t* bigger = <Py_ssize_t*>PyMem_RawMalloc(<size_t>size * sizeof(Py_ssize_t))
+    if bigger == NULL:
+        return -1
+    memset(bigger, 0, <size_t>size * sizeof(Py_ssize_t))
+    for k in range(t.count):
+        slot = <Py_ssize_t>(ent[k].hash & <uint64_t>(size - 1))
+        while bigger[slot]:
+            slot = (slot + 1) & (size - 1)
+        bigger[slot] = k + 1
+    PyMem_RawFree(t.slots)
+    t.slots = bigger
+    t.mask = size - 1
+    return 0
+
+
+cdef Py_ssize_t lc_position(LCTable* t, const unsigned char* data, Py_ssize_t start,
+                            Py_ssize_t length) noexcept nogil:
+    # The dictionary position of data[start:start+length], added if new; -1 if out of memory.
+    cdef uint64_t h = lc_hash(data + start, length)
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & <uint64_t>t.mask)
+    cdef Py_ssize_t j
     cdef LCEntry* ent
     cdef LCEntry entry
-    cdef Py_ssize_t nentries = 0
-    cdef Py_ssize_t base = 1 if nulls != NULL else 0
-    cdef Py_ssize_t i, j, k, start, length, slot, dict_bytes = 0
-    cdef uint64_t h, max_key, key
+    while True:
+        j = t.slots[slot]
+        if j == 0:
+            entry.off = start
+            entry.len = length
+            entry.hash = h
+            if buf_append(&t.entries, <const char*>&entry, sizeof(LCEntry)) < 0:
+                return -1
+            t.count += 1
+            t.nbytes += length
+            t.slots[slot] = t.count
+            if t.count * 2 > t.mask + 1 and lc_grow(t) < 0:
+                return -1
+            return t.count - 1
+        ent = &(<LCEntry*>t.entries.ptr)[j - 1]
+        if ent.hash == h and ent.len == length and (
+                length == 0 or memcmp(data + ent.off, data + start, <size_t>length) == 0):
+            return j - 1
+        slot = (slot + 1) & t.mask
+
+
+cdef int lc_write(LCTable* t, const uint64_t* keys, Py_ssize_t count, Py_ssize_t base,
+                  const unsigned char* data, Buf* out) noexcept nogil:
+    # Header, dictionary, row count and indexes (see encode_low_cardinality_py).
+    cdef uint64_t max_key = <uint64_t>(t.count + base - 1)
     cdef int width, width_code
-    cdef int rc = -1
-    cdef uint8_t k8
+    cdef Py_ssize_t i, k
+    cdef LCEntry* ent = <LCEntry*>t.entries.ptr
+    cdef uint64_t key
     cdef uint16_t k16
     cdef uint32_t k32
-    memset(&entries, 0, sizeof(Buf))
-    keys = <uint64_t*>PyMem_RawMalloc(<size_t>count * sizeof(uint64_t))
-    table = <Py_ssize_t*>PyMem_RawMalloc((mask + 1) * sizeof(Py_ssize_t))
-    if keys == NULL or table == NULL:
-        goto done
-    memset(table, 0, (mask + 1) * sizeof(Py_ssize_t))
-    for i in range(count):
-        if nulls != NULL and nulls[i]:
-            keys[i] = 0
-            continue
-        start = offs[i]
-        length = offs[i + 1] - start
-        h = lc_hash(data + start, length)
-        slot = <Py_ssize_t>(h & <uint64_t>mask)
-        while True:
-            j = table[slot]
-            if j == 0:
-                entry.off = start
-                entry.len = length
-                entry.hash = h
-                if buf_append(&entries, <const char*>&entry, sizeof(LCEntry)) < 0:
-                    goto done
-                nentries += 1
-                dict_bytes += length
-                table[slot] = nentries
-                keys[i] = <uint64_t>(nentries - 1 + base)
-                if nentries * 2 > mask + 1:
-                    bigger = <Py_ssize_t*>PyMem_RawMalloc((mask + 1) * 2 * sizeof(Py_ssize_t))
-                    if bigger == NULL:
-                        goto done
-                    mask = (mask + 1) * 2 - 1
-                    memset(bigger, 0, (mask + 1) * sizeof(Py_ssize_t))
-                    ent = <LCEntry*>entries.ptr
-                    for k in range(nentries):
-                        slot = <Py_ssize_t>(ent[k].hash & <uint64_t>mask)
-                        while bigger[slot]:
-                            slot = (slot + 1) & mask
-                        bigger[slot] = k + 1
-                    PyMem_RawFree(table)
-                    table = bigger
-                break
-            ent = &(<LCEntry*>entries.ptr)[j - 1]
-            if ent.hash == h and ent.len == length and (
-                    length == 0 or memcmp(data + ent.off, data + start, <size_t>length) == 0):
-                keys[i] = <uint64_t>(j - 1 + base)
-                break
-            slot = (slot + 1) & mask
-    max_key = <uint64_t>(nentries + base - 1)
     if max_key <= 0xFF:
-        width, width_code = 1, 0
+        width = 1
+        width_code = 0
     elif max_key <= 0xFFFF:
-        width, width_code = 2, 1
-    elif max_key <= 0xFFFFFFFF:
-        width, width_code = 4, 2
+        width = 2
+        width_code = 1
+    elif max_key <= 0xFFFFFFFFULL:
+        width = 4
+        width_code = 2
     else:
-        width, width_code = 8, 3
-    if buf_reserve(out, 32 + (nentries + base) * 10 + dict_bytes + count * width) < 0:
-        goto done
+        width = 8
+        width_code = 3
+    if buf_reserve(out, 32 + (t.count + base) * 10 + t.nbytes + count * width) < 0:
+        return -1
     put_u64(out, 1)  # keys version: SharedDictionariesWithAdditionalKeys
     put_u64(out, (1 << 9) | (1 << 10) | width_code)  # has additional keys, update dictionary
-    put_u64(out, <uint64_t>(nentries + base))
+    put_u64(out, <uint64_t>(t.count + base))
     if base:
-        put_varint(out, 0)  # position 0: NULL's placeholder value ""
-    ent = <LCEntry*>entries.ptr
-    for k in range(nentries):
+        put_varint(out, 0)  # position 0 stands for NULL; its value is ""
+    for k in range(t.count):
         put_varint(out, <uint64_t>ent[k].len)
         if ent[k].len:
             memcpy(out.ptr + out.len, data + ent[k].off, <size_t>ent[k].len)
@@ -627,8 +629,7 @@ cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* d
     for i in range(count):
         key = keys[i]
         if width == 1:
-            k8 = <uint8_t>key
-            out.ptr[out.len] = <char>k8
+            out.ptr[out.len] = <char>(<uint8_t>key)
         elif width == 2:
             k16 = <uint16_t>key
             memcpy(out.ptr + out.len, &k16, 2)
@@ -638,11 +639,37 @@ cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* d
         else:
             memcpy(out.ptr + out.len, &key, 8)
         out.len += width
-    rc = 0
-    done:
+    return 0
+
+
+cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
+                   const unsigned char* nulls, Buf* out) noexcept nogil:
+    # The payload of encode_low_cardinality_py into out; -1 if out of memory.
+    cdef LCTable t
+    cdef Py_ssize_t base = 1 if nulls != NULL else 0
+    cdef Py_ssize_t i, position
+    cdef int rc = -1
+    cdef uint64_t* keys = <uint64_t*>PyMem_RawMalloc(<size_t>count * sizeof(uint64_t))
+    memset(&t, 0, sizeof(LCTable))
+    t.mask = 255
+    t.slots = <Py_ssize_t*>PyMem_RawMalloc(<size_t>(t.mask + 1) * sizeof(Py_ssize_t))
+    if keys != NULL and t.slots != NULL:
+        memset(t.slots, 0, <size_t>(t.mask + 1) * sizeof(Py_ssize_t))
+        rc = 0
+        for i in range(count):
+            if nulls != NULL and nulls[i]:
+                keys[i] = 0
+                continue
+            position = lc_position(&t, data, offs[i], offs[i + 1] - offs[i])
+            if position < 0:
+                rc = -1
+                break
+            keys[i] = <uint64_t>(position + base)
+        if rc == 0:
+            rc = lc_write(&t, keys, count, base, data, out)
     PyMem_RawFree(keys)
-    PyMem_RawFree(table)
-    buf_free(&entries)
+    PyMem_RawFree(t.slots)
+    buf_free(&t.entries)
     return rc
 
 

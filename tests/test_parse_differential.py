@@ -25,7 +25,7 @@ from tinyingest.schema import ColumnSpec, TypeCode
 
 __all__ = ["parser_module"]  # the fixture, imported for pytest
 
-EXAMPLES = int(os.environ.get("TINYINGEST_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("TINYINGEST_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(deadline=None, max_examples=EXAMPLES, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -157,9 +157,47 @@ _TOKENS = [b"{", b"}", b"[", b"]", b":", b",", b'"', b'"a"', b'"v"', b'"c"', b"1
            b"\xf0\x9f\x98\x80", b"\x00", b"x", b"\xef\xbb\xbf", b"123456789012345678901234"]
 
 
+_numbers = st.sampled_from(NUMBER_TEXTS).map(Raw) | st.sampled_from(NUMBER_TEXTS) | st.none()
+_typed: dict[TypeCode, st.SearchStrategy[Any]] = {
+    **{code: _numbers for code in CH_NAMES},
+    TypeCode.STRING: _text | st.none(),
+    TypeCode.DATE: st.sampled_from(DATE_TEXTS) | _numbers,
+    TypeCode.DATETIME: st.sampled_from(DATE_TEXTS) | _numbers,
+}
+
+
+def _as_pairs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple((k, _as_pairs(v)) for k, v in value.items())
+    return value
+
+
 @st.composite
-def ndjson_lines(draw: st.DrawFn) -> bytes:
-    kind = draw(st.integers(0, 9))
+def shaped(draw: st.DrawFn, columns: list[ColumnSpec]) -> Any:
+    """An object with values at (most of) the columns' paths, so they are really read."""
+    root: dict[str, Any] = {}
+    for spec in columns:
+        if not spec.path or draw(st.integers(0, 5)) == 0:
+            continue
+        node = root
+        for key in spec.path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[spec.path[-1]] = draw(_values if draw(st.booleans()) else _typed[spec.type_code])
+    pairs = list(_as_pairs(root))
+    if pairs and draw(st.integers(0, 5)) == 0:
+        pairs.append(draw(st.sampled_from(pairs)))  # a duplicate key
+    return tuple(draw(st.permutations(pairs)))
+
+
+@st.composite
+def ndjson_lines(draw: st.DrawFn, columns: list[ColumnSpec] | None = None) -> bytes:
+    kind = draw(st.integers(0, 12))
+    if kind > 9 and columns is not None:
+        text = dump(draw(shaped(columns)), draw(st.booleans()), draw(st.sampled_from(["", " "])))
+        return draw(mutated(text.encode("utf-8", "surrogatepass")))
     if kind == 0:
         return draw(st.binary(max_size=24))
     if kind == 1:
@@ -222,7 +260,7 @@ def check_same(fmt: str, columns: list[ColumnSpec], body: bytes, chunks: list[by
        max_row_bytes=st.sampled_from([1 << 20, 1 << 20, 24, 60]))
 def test_ndjson_c_equals_py(data: st.DataObject, columns: list[ColumnSpec],
                             max_row_bytes: int) -> None:
-    body = data.draw(bodies(ndjson_lines()))
+    body = data.draw(bodies(ndjson_lines(columns)))
     check_same("ndjson", columns, body, data.draw(chunked(body)), max_row_bytes=max_row_bytes)
 
 

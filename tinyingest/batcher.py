@@ -4,8 +4,17 @@ A :class:`TableBatcher` collects :class:`~tinyingest.block.EncodedBlock` s for o
 and flushes them as a single insert when any limit is reached: ``flush_rows``,
 ``flush_bytes`` or ``flush_interval`` seconds since the oldest pending block arrived.
 Each :meth:`TableBatcher.add` returns a future that resolves once ClickHouse has
-acknowledged the insert holding that block (``wait=true`` awaits it), or fails with
-the :class:`~tinyingest.sinks.SinkError` after the retries.
+acknowledged the insert holding that block (``wait=true`` awaits it).
+
+When an insert fails:
+
+* ClickHouse unreachable, timing out or overloaded (:func:`is_transient`): the waiting
+  requests fail after ``insert_attempts`` tries (they answer 503), but the blocks stay
+  queued and are retried with a backoff capped at ``max_backoff`` until ClickHouse is
+  back: they are in the spool and were promised.
+* ClickHouse refuses the rows (schema drift, a value it will not take): after
+  ``insert_attempts`` tries the blocks go to ``on_refused`` (the quarantine, with
+  ClickHouse's message) and the waiting requests fail.
 
 All inserts go through one worker thread (:class:`Writer`): the sinks are blocking and
 not thread-safe, and clickhouse-driver and chDB release the GIL while they wait, so the
@@ -18,7 +27,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,10 +35,20 @@ from tinyingest.block import EncodedBlock
 from tinyingest.native import merge_blocks
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
+from tinyingest.spool import RecordId
 
 log = logging.getLogger("tinyingest.batcher")
 
 T = TypeVar("T")
+
+#: ClickHouse error codes worth retrying: timeouts, network, memory, too many parts or
+#: queries, read-only replica. Anything else with a code is ClickHouse refusing the rows.
+_TRANSIENT_CODES = frozenset({3, 23, 24, 32, 33, 159, 164, 202, 209, 210, 241, 242, 252, 285,
+                              319, 999})
+
+
+def is_transient(error: SinkError) -> bool:
+    return error.code is None or error.code in _TRANSIENT_CODES
 
 
 @dataclass(frozen=True)
@@ -39,8 +58,10 @@ class BatchLimits:
     flush_rows: int = 200_000
     flush_bytes: int = 32 << 20
     flush_interval: float = 0.5
-    #: Attempts per insert before its requests are failed; backoff doubles from 0.1 s.
+    #: Tries before waiting requests are failed; backoff doubles from 0.1 s.
     insert_attempts: int = 3
+    #: Longest pause between retries while ClickHouse is unreachable.
+    max_backoff: float = 5.0
 
 
 class Writer:
@@ -59,20 +80,38 @@ class Writer:
         self.sink.close()
 
 
+@dataclass(slots=True)
+class _Pending:
+    block: EncodedBlock
+    record: RecordId | None  # its spool record, acknowledged once stored
+    waiter: asyncio.Future[None] | None
+
+
 class TableBatcher:
-    """Coalesces one table's blocks and inserts them through the :class:`Writer`."""
+    """Coalesces one table's blocks and inserts them through the :class:`Writer`.
+
+    :param columns: the blocks' column specs, to merge them; empty: insert one by one.
+    :param on_stored: called with the spool records of every stored block.
+    :param on_refused: called with blocks ClickHouse refused, and its error.
+    """
 
     def __init__(self, writer: Writer, table: str, columns: Sequence[ColumnSpec],
-                 limits: BatchLimits) -> None:
+                 limits: BatchLimits, *,
+                 on_stored: Callable[[list[RecordId]], None] = lambda records: None,
+                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[None]]
+                 | None = None) -> None:
         self.table = table
         self._writer = writer
         self._columns = tuple(columns)
         self._limits = limits
-        self._pending: list[EncodedBlock] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._on_stored = on_stored
+        self._on_refused = on_refused
+        self._pending: list[_Pending] = []
         self._pending_rows = 0
         self._pending_bytes = 0
         self._oldest = 0.0  # monotonic time the oldest pending block arrived
+        self._retry_at = 0.0  # while ClickHouse is unreachable: no insert before this
+        self._backoff = 0.1
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -81,16 +120,21 @@ class TableBatcher:
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    def add(self, block: EncodedBlock) -> asyncio.Future[None]:
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def add(self, block: EncodedBlock, record: RecordId | None = None) -> asyncio.Future[None]:
         """Queue ``block``; the future resolves when it is stored in ClickHouse."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if block.num_rows == 0:
             future.set_result(None)
+            if record is not None:
+                self._on_stored([record])
             return future
         if not self._pending:
             self._oldest = time.monotonic()
-        self._pending.append(block)
-        self._waiters.append(future)
+        self._pending.append(_Pending(block, record, future))
         self._pending_rows += block.num_rows
         self._pending_bytes += block.nbytes
         if self._task is None:
@@ -98,21 +142,28 @@ class TableBatcher:
         self._wakeup.set()
         return future
 
-    async def close(self) -> None:
-        """Flush what is pending and stop."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Flush what is pending and stop; gives up after ``timeout`` s (rows stay spooled)."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.warning("%s: %d rows not flushed at shutdown; they stay in the spool",
+                            self.table, self._pending_rows)
             self._task = None
 
     def _due_in(self) -> float:
         """Seconds until the pending blocks must be flushed (0: now)."""
         limits = self._limits
+        now = time.monotonic()
+        if self._retry_at > now:
+            return self._retry_at - now
         if self._closing or self._pending_rows >= limits.flush_rows \
                 or self._pending_bytes >= limits.flush_bytes:
             return 0.0
-        return max(0.0, self._oldest + limits.flush_interval - time.monotonic())
+        return max(0.0, self._oldest + limits.flush_interval - now)
 
     async def _run(self) -> None:
         while True:
@@ -130,17 +181,50 @@ class TableBatcher:
                 except TimeoutError:
                     pass
                 continue
-            blocks, waiters = self._pending, self._waiters
-            self._pending, self._waiters = [], []
+            batch, self._pending = self._pending, []
             self._pending_rows = self._pending_bytes = 0
-            error = await self._insert(blocks)
-            for waiter in waiters:
-                if waiter.done():
-                    continue
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
+            await self._deliver(batch)
+
+    async def _deliver(self, batch: list[_Pending]) -> None:
+        error = await self._insert([item.block for item in batch])
+        if error is None:
+            self._backoff = 0.1
+            self._retry_at = 0.0
+            self._on_stored([item.record for item in batch if item.record is not None])
+            self._settle(batch, None)
+            return
+        if is_transient(error) and not self._closing:
+            # Keep the rows (they are spooled and were promised) and try again later.
+            self._settle(batch, error)
+            for item in batch:
+                item.waiter = None
+            self._pending[:0] = batch
+            self._pending_rows += sum(item.block.num_rows for item in batch)
+            self._pending_bytes += sum(item.block.nbytes for item in batch)
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self._limits.max_backoff)
+            return
+        if is_transient(error):
+            # Shutting down with ClickHouse away: the spool replays these at the next start.
+            self._settle(batch, error)
+            return
+        log.error("ClickHouse refused %d rows for %s: %s", sum(i.block.num_rows for i in batch),
+                  self.table, error)
+        if self._on_refused is not None:
+            await self._on_refused([item.block for item in batch], error)
+        self._on_stored([item.record for item in batch if item.record is not None])
+        self._settle(batch, error)
+
+    @staticmethod
+    def _settle(batch: list[_Pending], error: SinkError | None) -> None:
+        for item in batch:
+            waiter = item.waiter
+            if waiter is None or waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
     async def _insert(self, blocks: list[EncodedBlock]) -> SinkError | None:
         if not self._columns:

@@ -66,9 +66,9 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down: flushing pending rows")
-    server.stop()
-    await gateway.close()
+    log.info("shutting down: finishing requests in flight, flushing pending rows")
+    server.stop()  # no new connections; open ones get 503 while draining
+    await gateway.drain(settings.drain_timeout)
     return 0
 
 

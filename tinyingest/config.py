@@ -39,7 +39,15 @@ class Settings:
     header_timeout: float = 10.0
     #: Seconds to receive a whole body (Tornado's default: no limit).
     body_timeout: float = 3600.0
+    #: Seconds a SIGTERM waits for requests in flight before flushing and exiting.
+    drain_timeout: float = 30.0
     batch: BatchLimits = field(default_factory=BatchLimits)
+    #: Unconfirmed rows kept on disk before new rows are refused with 503.
+    spool_max_bytes: int = 1 << 30
+    #: "none": survives a crash of the process; "always": fsync per request, survives power loss.
+    spool_fsync: str = "none"
+    #: Encoded rows held in memory for all tables before new rows are refused with 503.
+    max_pending_bytes: int = 256 << 20
     #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.
     query_timeout: float = 10.0
     query_max_rows: int = 100_000
@@ -57,6 +65,9 @@ class Settings:
                 flush_interval=_env_float("TINYINGEST_FLUSH_INTERVAL",
                                           BatchLimits.flush_interval),
             ),
+            "spool_max_bytes": _env_int("TINYINGEST_SPOOL_MAX_BYTES", cls.spool_max_bytes),
+            "spool_fsync": os.environ.get("TINYINGEST_SPOOL_FSYNC") or cls.spool_fsync,
+            "max_pending_bytes": _env_int("TINYINGEST_MAX_PENDING_BYTES", cls.max_pending_bytes),
             "query_timeout": _env_float("TINYINGEST_QUERY_TIMEOUT", cls.query_timeout),
             "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
         }

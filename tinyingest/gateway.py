@@ -8,21 +8,25 @@ out to the data source's batcher and bad rows to its quarantine batcher.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from tinyingest import _pyparser, ddl, metrics, parser
+from tinyingest import ddl, metrics, parser
 from tinyingest.batcher import TableBatcher, Writer
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Project
 from tinyingest.errors import ErrorCode
+from tinyingest.block import EncodedBlock
 from tinyingest.native import encode_block
-from tinyingest.quarantine import quarantine_rows
+from tinyingest.quarantine import quarantine_rows, refused_rows
 from tinyingest.schema import ColumnSpec
-from tinyingest.sinks import QueryResult, Sink
+from tinyingest.sinks import QueryResult, Sink, SinkError
+from tinyingest.spool import Spool
 
 log = logging.getLogger("tinyingest")
 
@@ -53,16 +57,82 @@ class Gateway:
         self.sink = sink
         self.project = project
         self.writer = Writer(sink)
+        self.spool = Spool(str(Path(settings.data_dir) / "spool"),
+                           max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
+        self.draining = False  # SIGTERM received: new ingest requests get 503
+        self.active_requests = 0  # ingest requests being received or answered
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new rows, let requests in flight finish (up to ``timeout`` s), flush."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self.active_requests > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.active_requests:
+            log.warning("%d requests still in flight after %.0f s", self.active_requests,
+                        timeout)
+        await self.close()
 
     async def start(self) -> None:
-        """Create every data source's table and quarantine table (idempotent)."""
+        """Create every data source's tables (idempotent), then replay the spool."""
         database = self.sink.database
         for datasource in self.project.datasources.values():
             await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
             self.tables[datasource.name] = self._table(datasource)
         log.info("parser: %s; backend: %s (%s); data sources: %s", parser.IMPLEMENTATION,
                  self.sink.name, self.sink, ", ".join(sorted(self.tables)) or "none")
+        await self._replay()
+
+    async def _replay(self) -> None:
+        """Blocks accepted by an earlier process but never confirmed by ClickHouse."""
+        replayed = skipped = 0
+        for record, table_name, block in self.spool.replay():
+            batcher = self._batcher(table_name)
+            if batcher is None:
+                skipped += 1  # kept in the spool: its data source may come back
+                continue
+            future = batcher.add(block, record)
+            future.add_done_callback(_consume)
+            replayed += block.num_rows
+            if batcher.pending_bytes > self.settings.batch.flush_bytes:
+                await asyncio.wait([future])  # bound the memory a big backlog takes
+        if replayed or skipped:
+            log.info("spool: replaying %d rows; %d blocks wait for a data source that is "
+                     "not in the project", replayed, skipped)
+
+    def _batcher(self, table_name: str) -> TableBatcher | None:
+        for table in self.tables.values():
+            if table.datasource.name == table_name:
+                return table.batcher
+            if table.datasource.quarantine_name == table_name:
+                return table.quarantine
+        return None
+
+    def overloaded(self) -> str | None:
+        """Why new rows must be refused now (503), or None."""
+        spool = self.spool
+        if spool.bytes_on_disk > spool.max_bytes * 0.9:
+            return "the spool of unconfirmed rows is nearly full: ClickHouse is slow or down"
+        pending = sum(t.batcher.pending_bytes + t.quarantine.pending_bytes
+                      for t in self.tables.values())
+        if pending > self.settings.max_pending_bytes:
+            return "too many rows waiting for ClickHouse"
+        return None
+
+    async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
+                       error: SinkError) -> None:
+        # Rows ClickHouse will not take go to the quarantine with its message.
+        table = self.tables[datasource.name]
+        for block in blocks:
+            try:
+                bad = refused_rows(datasource, block, str(error))
+                record = self.spool.append(datasource.quarantine_name, bad)
+            except Exception:
+                log.exception("could not quarantine %d refused rows for %s", block.num_rows,
+                              datasource.name)
+                continue
+            table.quarantine.add(bad, record).add_done_callback(_consume)
 
     def _create(self, datasource: DataSource, database: str) -> None:
         self.sink.execute(ddl.create_table_sql(datasource, database))
@@ -77,8 +147,11 @@ class Gateway:
             datasource=datasource,
             ndjson_columns=ndjson,
             csv_columns=writable,
-            batcher=TableBatcher(self.writer, datasource.name, ndjson, limits),
-            quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits),
+            batcher=TableBatcher(self.writer, datasource.name, ndjson, limits,
+                                 on_stored=self.spool.ack,
+                                 on_refused=functools.partial(self._refused, datasource)),
+            quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
+                                    on_stored=self.spool.ack),
             created_at=time.time(),
         )
 
@@ -92,6 +165,7 @@ class Gateway:
         for table in self.tables.values():
             await table.batcher.close()
             await table.quarantine.close()
+        self.spool.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
 
 
@@ -107,13 +181,14 @@ class Ingest:
                  import_id: str = "") -> None:
         self.table = table
         self.import_id = import_id
+        self._spool = gateway.spool
         self._max_row_bytes = gateway.settings.max_row_bytes
         self._delimiter: bytes | None = None
         if fmt == "csv":
             options = csv_options or {}
             self._delimiter = options.get("delimiter") or b","
             self._columns: Sequence[ColumnSpec] = table.csv_columns
-            self._parser: _pyparser.NDJSONParser | _pyparser.CSVParser = \
+            self._parser: parser.Parser = \
                 parser.CSVParser(self._columns, max_row_bytes=self._max_row_bytes,
                                  delimiter=self._delimiter,
                                  escapechar=options.get("escapechar"))
@@ -142,15 +217,19 @@ class Ingest:
     def _hand_over(self) -> None:
         block = self._parser.take_block()
         self._rows_since_take = 0
+        datasource = self.table.datasource
+        # Spooled before the batcher sees it: once added, a block is promised.
         if block.num_rows:
             encoded = encode_block(self._columns, block)
-            self._futures.append(self.table.batcher.add(encoded))
+            record = self._spool.append(datasource.name, encoded)
+            self._futures.append(self.table.batcher.add(encoded, record))
             self.successful_rows += block.num_rows
         if block.errors:
-            bad = quarantine_rows(self.table.datasource, self._columns, block.errors,
+            bad = quarantine_rows(datasource, self._columns, block.errors,
                                   csv_delimiter=self._delimiter, import_id=self.import_id,
                                   max_row_bytes=self._max_row_bytes)
-            self._futures.append(self.table.quarantine.add(bad))
+            record = self._spool.append(datasource.quarantine_name, bad)
+            self._futures.append(self.table.quarantine.add(bad, record))
             self.quarantined_rows += len(block.errors)
             self.invalid_lines += sum(1 for e in block.errors if e.code in _UNREADABLE)
 

@@ -24,6 +24,7 @@ from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.sinks import QueryResult, SinkError
+from tinyingest.spool import SpoolFull
 
 log = logging.getLogger("tinyingest.http")
 
@@ -90,6 +91,8 @@ class BaseHandler(web.RequestHandler):
             await coro
         except APIError as error:
             self.send_api_error(error)
+        except SpoolFull as error:
+            self.send_api_error(APIError(error.status, str(error), {"Retry-After": "5"}))
         except SinkError as error:
             log.warning("ClickHouse error: %s", error)
             self.send_api_error(APIError(503, f"ClickHouse error: {error}", {"Retry-After": "1"}))
@@ -125,9 +128,16 @@ class IngestHandler(BaseHandler):
     def prepare(self) -> None:
         if self.request.method != "POST":
             return
+        self._counted = True
+        self.gateway.active_requests += 1
         try:
             self.require_admin()
             table, fmt, csv_options, sniff = self.target()
+            if self.gateway.draining:
+                raise APIError(503, "shutting down", {"Retry-After": "5"})
+            overload = self.gateway.overloaded()
+            if overload is not None:
+                raise APIError(503, overload, {"Retry-After": "2"})
             limit = self.gateway.settings.max_body_bytes
             length = self.request.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > limit:
@@ -163,6 +173,10 @@ class IngestHandler(BaseHandler):
         except BodyError as exc:
             self.send_api_error(APIError(exc.status, str(exc)))
             return
+        except SpoolFull as exc:
+            # Blocks of this request spooled before this point are still delivered.
+            self.send_api_error(APIError(exc.status, str(exc), {"Retry-After": "5"}))
+            return
         # Flow control: Tornado reads no more of the body until this returns.
         await self.ingest.backpressure()
 
@@ -183,6 +197,17 @@ class IngestHandler(BaseHandler):
         # A client that went away mid-body: its complete rows were accepted as they came.
         if self.ingest is not None:
             self.ingest.discard_results()
+        self._done()
+
+    def on_finish(self) -> None:
+        self._done()
+
+    _counted = False
+
+    def _done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.gateway.active_requests -= 1
 
 
 class EventsHandler(IngestHandler):

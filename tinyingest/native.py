@@ -53,13 +53,18 @@ __all__ = [
     "encode_strings_py",
     "native_type",
     "write_varint",
+    "varint",
+    "binary_str",
+    "native_header",
+    "merge_blocks",
+    "decode_rows",
 ]
 
 
-def write_varint(value: int, out: bytearray) -> None:
+def writevarint(value: int, out: bytearray) -> None:
     """Append ``value`` (>= 0) as an unsigned LEB128 varint, as ClickHouse writes it.
 
-    >>> buf = bytearray(); write_varint(300, buf); bytes(buf)
+    >>> buf = bytearray(); writevarint(300, buf); bytes(buf)
     b'\\xac\\x02'
     """
     while value >= 0x80:
@@ -68,10 +73,22 @@ def write_varint(value: int, out: bytearray) -> None:
     out.append(value)
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` as an unsigned LEB128 varint."""
     out = bytearray()
-    write_varint(value, out)
+    writevarint(value, out)
     return bytes(out)
+
+
+def binary_str(text: str) -> bytes:
+    """A ClickHouse binary string: varint length, then the UTF-8 bytes."""
+    raw = text.encode("utf-8")
+    return varint(len(raw)) + raw
+
+
+def native_header(block: EncodedBlock, index: int) -> bytes:
+    """What precedes column ``index``'s payload in a Native block: its name and type."""
+    return binary_str(block.names[index]) + binary_str(block.types[index])
 
 
 def encode_strings_py(offsets: bytes, data: bytes) -> bytes:
@@ -98,7 +115,7 @@ def encode_strings_py(offsets: bytes, data: bytes) -> bytes:
         if 0 <= length < 0x80:
             out.append(length)
         elif length > 0:
-            write_varint(length, out)
+            writevarint(length, out)
         else:
             raise ValueError("string offsets must not decrease")
         out += view[prev:end]
@@ -167,7 +184,7 @@ def encode_low_cardinality_py(offsets: bytes, data: bytes, nulls: bytes | None =
         len(dictionary),
     ))
     for value in dictionary:
-        write_varint(len(value), out)
+        writevarint(len(value), out)
         out += value
     out += struct.pack("<Q", num_rows)
     out += array.array(typecode, keys).tobytes()
@@ -287,7 +304,7 @@ def _encode_values(ch_type: str, values: Sequence[Any], out: bytearray) -> None:
     if ch_type == "String":
         for value in values:
             raw = _as_bytes(value)
-            write_varint(len(raw), out)
+            writevarint(len(raw), out)
             out += raw
     elif ch_type == "DateTime" or (ch_type.startswith("DateTime(") and ch_type.endswith(")")):
         for value in values:
@@ -371,3 +388,53 @@ def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) 
         num_rows=sum(block.num_rows for block in blocks),
         payloads=tuple(payloads),
     )
+
+
+# -- decoding: Native column data -> Python rows (slow path) ---------------------------
+
+
+class NativeDecoder:
+    """Decodes Native-format data (no BlockInfo) with clickhouse-driver's column readers.
+
+    Used for chDB's query results and for rows ClickHouse refused (to quarantine them).
+    """
+
+    def __init__(self, timezone: str = "UTC") -> None:
+        from clickhouse_driver import Client
+        from clickhouse_driver.connection import ServerInfo
+        from clickhouse_driver.context import Context
+
+        self._context = Context()
+        # Revision 0: Native output has no BlockInfo and no custom-serialization flags.
+        self._context.server_info = ServerInfo("chDB", 0, 0, 0, 0, timezone, "chDB", 0)
+        self._context.settings = {}
+        # The driver's defaults (str for String, no numpy), as ClickHouseSink gets them.
+        self._context.client_settings = Client("127.0.0.1").client_settings
+
+    def decode(self, data: bytes) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+        from clickhouse_driver.bufferedreader import CompressedBufferedReader
+        from clickhouse_driver.streams.native import BlockInputStream
+
+        meta: list[tuple[str, str]] = []
+        rows: list[tuple[Any, ...]] = []
+        if not data:
+            return meta, rows
+        chunks = [data]
+        reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"", len(data))
+        stream = BlockInputStream(reader, self._context)
+        while True:
+            block = stream.read()
+            if not meta:
+                meta = [(str(name), str(ch_type)) for name, ch_type in block.columns_with_types]
+            rows.extend(tuple(row) for row in block.get_rows())
+            if reader.position >= reader.current_buffer_size:
+                return meta, rows
+
+
+def decode_rows(block: EncodedBlock) -> list[tuple[Any, ...]]:
+    """The rows of ``block`` as Python values."""
+    data = bytearray(varint(len(block.names)) + varint(block.num_rows))
+    for index, payload in enumerate(block.payloads):
+        data += native_header(block, index)
+        data += payload
+    return NativeDecoder().decode(bytes(data))[1]

@@ -9,14 +9,26 @@ and shown on ``/healthz``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Protocol
 
 from tinyingest import _pyparser
+from tinyingest.block import Block
+
+
+class Parser(Protocol):
+    """What both implementations of both formats offer (see ``_native.pyi``)."""
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int: ...
+    def finish(self) -> int: ...
+    def take_block(self) -> Block: ...
+
 
 NDJSONParserPy = _pyparser.NDJSONParser
 CSVParserPy = _pyparser.CSVParser
 
-NDJSONParser: type[_pyparser.NDJSONParser]
-CSVParser: type[_pyparser.CSVParser]
+NDJSONParser: Callable[..., Parser]
+CSVParser: Callable[..., Parser]
 
 try:
     if os.environ.get("TINYINGEST_NO_EXTENSIONS") == "1":

@@ -8,6 +8,7 @@ parser's compact :class:`~tinyingest.block.RowError` becomes a message.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from tinyingest._pyparser import _BadRow, raw_json_values, split_csv_record
 from tinyingest.block import EncodedBlock, RowError
 from tinyingest.datafiles import QUARANTINE_COLUMNS, DataSource
 from tinyingest.errors import row_error_message
-from tinyingest.native import encode_rows_py
+from tinyingest.native import decode_rows, encode_rows_py
 from tinyingest.schema import ColumnSpec
 
 
@@ -71,3 +72,23 @@ def _csv_values(line: bytes, delimiter: int, parsed_columns: Sequence[ColumnSpec
         else:
             values.append(fields[index][0].decode("utf-8", "replace"))
     return values
+
+
+def refused_rows(datasource: DataSource, block: EncodedBlock, message: str) -> EncodedBlock:
+    """Rows ClickHouse refused to store, as quarantine rows carrying its message."""
+    names = [name for name, _ in QUARANTINE_COLUMNS] + list(datasource.quarantine_columns) \
+        + ["insertion_date"]
+    types = [ch_type for _, ch_type in QUARANTINE_COLUMNS] \
+        + ["Nullable(String)"] * len(datasource.quarantine_columns) + ["DateTime"]
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    rows: list[tuple[Any, ...]] = []
+    for values in decode_rows(block):
+        row = dict(zip(block.names, values))
+        text = {name: None if value is None else str(value) for name, value in row.items()}
+        rows.append((
+            [], [f"ClickHouse refused the insert: {message}"], "",
+            json.dumps(text, ensure_ascii=False),
+            *[text.get(name) for name in datasource.quarantine_columns],
+            now,
+        ))
+    return encode_rows_py(names, types, rows)

@@ -30,6 +30,7 @@ from clickhouse_driver.block import RowOrientedBlock
 from clickhouse_driver.protocol import ClientPacketTypes
 
 from tinyingest.block import EncodedBlock
+from tinyingest.native import binary_str, varint
 from tinyingest.sinks import QueryResult, SinkError
 
 __all__ = ["ClickHouseSink", "quote_table"]
@@ -62,20 +63,6 @@ def quote_table(table: str) -> str:
     if len(parts) == 2 and all(_IDENTIFIER.match(part) for part in parts):
         return ".".join(quote_identifier(part) for part in parts)
     return quote_identifier(table)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _binary_str(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _varint(len(raw)) + raw
 
 
 # BlockInfo: field 1 is_overflows = 0, field 2 bucket_num = -1, then 0 (end of fields).
@@ -244,18 +231,18 @@ class ClickHouseSink:
     def _send_block(connection: Any, block: EncodedBlock) -> None:
         """Write one Data packet holding ``block``'s pre-encoded columns."""
         revision = connection.server_info.used_revision
-        head = bytearray(_varint(ClientPacketTypes.DATA))
+        head = bytearray(varint(ClientPacketTypes.DATA))
         if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
-            head += _binary_str("")  # table name: the INSERT's own table
+            head += binary_str("")  # table name: the INSERT's own table
         if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
             head += _BLOCK_INFO
-        head += _varint(len(block.names))
-        head += _varint(block.num_rows)
+        head += varint(len(block.names))
+        head += varint(block.num_rows)
         custom_serialization = revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION
         fout = connection.fout
         for name, ch_type, payload in zip(block.names, block.types, block.payloads):
-            head += _binary_str(name)
-            head += _binary_str(ch_type)
+            head += binary_str(name)
+            head += binary_str(ch_type)
             if custom_serialization:
                 head.append(0)  # no custom (sparse) serialization
             if len(payload) < _DIRECT_SEND_BYTES:

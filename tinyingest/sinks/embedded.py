@@ -30,6 +30,7 @@ from typing import Any
 
 from tinyingest.block import EncodedBlock
 from tinyingest.sinks import QueryResult, SinkError
+from tinyingest.native import NativeDecoder, native_header, varint
 from tinyingest.sinks.clickhouse import quote_identifier, quote_table
 
 __all__ = ["EmbeddedSink"]
@@ -37,20 +38,6 @@ __all__ = ["EmbeddedSink"]
 _CODE = re.compile(r"Code: (\d+)\. (?:DB::Exception: )?")
 _VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+[^)]*\)\.?$")
 _MAX_READERS = 8  # cached query connections, one per distinct (readonly, limits)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _binary_str(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _varint(len(raw)) + raw
 
 
 def _sink_error(exc: BaseException) -> SinkError:
@@ -65,41 +52,6 @@ def _sink_error(exc: BaseException) -> SinkError:
     # chDB wraps some errors twice: "Code: 164. DB::Exception: ... (version x). (READONLY)"
     message = re.sub(r"\s*\(version [0-9.]+[^)]*\)\.\s*\([A-Z_]+\)$", "", message)
     return SinkError(message, int(match.group(1)))
-
-
-class _NativeDecoder:
-    """Decodes chDB's Native output with clickhouse-driver's column readers."""
-
-    def __init__(self, timezone: str) -> None:
-        from clickhouse_driver import Client
-        from clickhouse_driver.connection import ServerInfo
-        from clickhouse_driver.context import Context
-
-        self._context = Context()
-        # Revision 0: Native output has no BlockInfo and no custom-serialization flags.
-        self._context.server_info = ServerInfo("chDB", 0, 0, 0, 0, timezone, "chDB", 0)
-        self._context.settings = {}
-        # The driver's defaults (str for String, no numpy), as ClickHouseSink gets them.
-        self._context.client_settings = Client("127.0.0.1").client_settings
-
-    def decode(self, data: bytes) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
-        from clickhouse_driver.bufferedreader import CompressedBufferedReader
-        from clickhouse_driver.streams.native import BlockInputStream
-
-        meta: list[tuple[str, str]] = []
-        rows: list[tuple[Any, ...]] = []
-        if not data:
-            return meta, rows
-        chunks = [data]
-        reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"", len(data))
-        stream = BlockInputStream(reader, self._context)
-        while True:
-            block = stream.read()
-            if not meta:
-                meta = [(str(name), str(ch_type)) for name, ch_type in block.columns_with_types]
-            rows.extend(tuple(row) for row in block.get_rows())
-            if reader.position >= reader.current_buffer_size:
-                return meta, rows
 
 
 class EmbeddedSink:
@@ -135,7 +87,7 @@ class EmbeddedSink:
         except Exception as e:
             raise _sink_error(e) from e
         self._readers: OrderedDict[tuple[object, ...], Any] = OrderedDict()
-        self._decoder = _NativeDecoder(timezone)
+        self._decoder = NativeDecoder(timezone)
 
     def __repr__(self) -> str:
         return f"<EmbeddedSink {self.data_dir}>"
@@ -176,14 +128,10 @@ class EmbeddedSink:
         except Exception as e:
             raise _sink_error(e) from e
         try:
-            head = bytearray(_varint(len(block.names)))
-            head += _varint(block.num_rows)
-            for name, ch_type, payload in zip(block.names, block.types, block.payloads):
-                head += _binary_str(name)
-                head += _binary_str(ch_type)
-                inserter.append(bytes(head))
+            inserter.append(varint(len(block.names)) + varint(block.num_rows))
+            for index, payload in enumerate(block.payloads):
+                inserter.append(native_header(block, index))
                 inserter.append(payload)
-                head.clear()
             inserter.finish()
         except Exception as e:
             try:
