@@ -61,10 +61,10 @@ __all__ = [
 ]
 
 
-def writevarint(value: int, out: bytearray) -> None:
+def write_varint(value: int, out: bytearray) -> None:
     """Append ``value`` (>= 0) as an unsigned LEB128 varint, as ClickHouse writes it.
 
-    >>> buf = bytearray(); writevarint(300, buf); bytes(buf)
+    >>> buf = bytearray(); write_varint(300, buf); bytes(buf)
     b'\\xac\\x02'
     """
     while value >= 0x80:
@@ -76,7 +76,7 @@ def writevarint(value: int, out: bytearray) -> None:
 def varint(value: int) -> bytes:
     """``value`` as an unsigned LEB128 varint."""
     out = bytearray()
-    writevarint(value, out)
+    write_varint(value, out)
     return bytes(out)
 
 
@@ -115,7 +115,7 @@ def encode_strings_py(offsets: bytes, data: bytes) -> bytes:
         if 0 <= length < 0x80:
             out.append(length)
         elif length > 0:
-            writevarint(length, out)
+            write_varint(length, out)
         else:
             raise ValueError("string offsets must not decrease")
         out += view[prev:end]
@@ -184,7 +184,7 @@ def encode_low_cardinality_py(offsets: bytes, data: bytes, nulls: bytes | None =
         len(dictionary),
     ))
     for value in dictionary:
-        writevarint(len(value), out)
+        write_varint(len(value), out)
         out += value
     out += struct.pack("<Q", num_rows)
     out += array.array(typecode, keys).tobytes()
@@ -304,7 +304,7 @@ def _encode_values(ch_type: str, values: Sequence[Any], out: bytearray) -> None:
     if ch_type == "String":
         for value in values:
             raw = _as_bytes(value)
-            writevarint(len(raw), out)
+            write_varint(len(raw), out)
             out += raw
     elif ch_type == "DateTime" or (ch_type.startswith("DateTime(") and ch_type.endswith(")")):
         for value in values:

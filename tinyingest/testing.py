@@ -204,7 +204,11 @@ class ClickHouseServer:
             )
         with open(os.path.join(self._dir, "users.xml"), "w") as f:
             f.write(_USERS)
-        with open(os.path.join(self._dir, "log", "stdout.log"), "wb") as out:
+        self._launch(binary, config)
+
+    def _launch(self, binary: str, config: str) -> None:
+        assert self._dir is not None
+        with open(os.path.join(self._dir, "log", "stdout.log"), "ab") as out:
             self._proc = subprocess.Popen(
                 [binary, f"--config-file={config}"],
                 cwd=self._dir,
@@ -218,6 +222,28 @@ class ClickHouseServer:
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); its data and ports stay for :meth:`restart`."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, connections stay open."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Start the server again on the same data and ports (after :meth:`kill`)."""
+        if self._dir is None or self._proc is not None:
+            raise RuntimeError("restart() follows kill()")
+        self._launch(self._find_binary(), os.path.join(self._dir, "config.xml"))
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -366,6 +392,13 @@ class GatewayProcess:
                 return "".join(file.readlines()[-lines:])
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL the gateway (a crash); :meth:`start` runs it again on the same data dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         proc, self._proc = self._proc, None

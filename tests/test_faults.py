@@ -1,0 +1,183 @@
+"""Faults survived with nothing acknowledged lost (reliability.md catalog A and B).
+
+Every row carries a unique id; a load client records the ids of rows whose request was
+answered 200 or 202 ("acked"). After the fault: lost = acked ids not stored (must be 0);
+duplicates (stored more than once) are counted and printed: delivery is at-least-once.
+The default run does a short variant of each; ``-m soak`` runs the long ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import start_gateway
+from gatewayclient import call, sql
+from tinyingest.testing import ClickHouseServer, GatewayProcess
+
+
+class Load:
+    """Threads POSTing 100-row requests until stopped (bounded by ``max_requests``)."""
+
+    def __init__(self, gateway: GatewayProcess, tag: str, ids: Iterator[int], *,
+                 wait: bool, threads: int = 2, max_requests: int = 2000) -> None:
+        self.gateway = gateway
+        self.tag = tag
+        self.wait = wait
+        self.acked: set[int] = set()
+        self.statuses: dict[int, int] = {}
+        self.retry_after: list[str] = []
+        self._ids = ids
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._left = max_requests
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self._left <= 0:
+                    return
+                self._left -= 1
+                ids = [next(self._ids) for _ in range(100)]
+            body = b"".join(json.dumps({"id": i, "tag": self.tag}).encode() + b"\n" for i in ids)
+            params = {"name": "events", **({"wait": "true"} if self.wait else {})}
+            try:
+                response = call(self.gateway, "POST", "/v0/events", params=params, body=body,
+                                timeout=30)
+            except OSError:
+                time.sleep(0.05)  # the gateway is down: nothing was acknowledged
+                continue
+            with self._lock:
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+                if response.status in (200, 202):
+                    self.acked.update(ids)
+                elif "retry-after" in response.headers:
+                    self.retry_after.append(response.headers["retry-after"])
+
+
+def stored_ids(gateway: GatewayProcess, tag: str) -> tuple[set[int], int]:
+    row = sql(gateway, f"SELECT groupArray(id) AS ids FROM events WHERE tag = '{tag}'")[0]
+    ids = [int(value) for value in row["ids"]]
+    return set(ids), len(ids)
+
+
+def wait_until_stored(gateway: GatewayProcess, tag: str, acked: set[int],
+                      timeout: float = 60) -> tuple[set[int], int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ids, count = stored_ids(gateway, tag)
+        if acked <= ids or time.monotonic() > deadline:
+            return ids, count
+        time.sleep(0.2)
+
+
+def _kill_gateway_under_load(server: ClickHouseServer, tmp_path: Path, rounds: int) -> None:
+    rng = random.Random(20261126)
+    tag = uuid.uuid4().hex
+    ids = itertools.count()
+    acked: set[int] = set()
+    gateway = start_gateway("clickhouse", tmp_path, server=server)
+    try:
+        for _ in range(rounds):
+            with Load(gateway, tag, ids, wait=True) as waited, \
+                    Load(gateway, tag, ids, wait=False) as fire_and_forget:
+                time.sleep(rng.uniform(0.3, 1.5))
+                gateway.kill()  # kill -9 at a random moment
+            acked |= waited.acked | fire_and_forget.acked
+            gateway.start()  # same data dir: the spool is replayed
+        stored, count = wait_until_stored(gateway, tag, acked)
+    finally:
+        assert gateway.stop() == 0
+    lost = acked - stored
+    print(f"\ngateway kill -9 x{rounds}: acked {len(acked)}, stored {len(stored)}, "
+          f"lost {len(lost)}, duplicates {count - len(stored)}")
+    assert acked, "the load never got an answer"
+    assert not lost
+
+
+def test_gateway_kill9_under_load_loses_no_acknowledged_row(
+        clickhouse_server: ClickHouseServer, tmp_path: Path) -> None:
+    _kill_gateway_under_load(clickhouse_server, tmp_path, rounds=3)
+
+
+@pytest.mark.soak
+def test_gateway_kill9_ten_times_loses_no_acknowledged_row(
+        clickhouse_server: ClickHouseServer, tmp_path: Path) -> None:
+    _kill_gateway_under_load(clickhouse_server, tmp_path, rounds=10)
+
+
+@pytest.fixture
+def private_server() -> Iterator[ClickHouseServer]:
+    """A ClickHouse server of this test's own, to kill."""
+    with ClickHouseServer() as server:
+        yield server
+
+
+def test_clickhouse_kill9_and_back_loses_no_acknowledged_row(
+        private_server: ClickHouseServer, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    ids = itertools.count()
+    gateway = start_gateway("clickhouse", tmp_path, server=private_server)
+    try:
+        with Load(gateway, tag, ids, wait=True) as waited, \
+                Load(gateway, tag, ids, wait=False) as accepted:
+            time.sleep(0.5)
+            private_server.kill()
+            time.sleep(2.0)  # 202s keep coming (spooled); wait=true cannot succeed
+            during_outage = dict(waited.statuses)
+            private_server.restart()
+            time.sleep(1.0)
+        acked = waited.acked | accepted.acked
+        stored, count = wait_until_stored(gateway, tag, acked)
+    finally:
+        assert gateway.stop() == 0
+    print(f"\nClickHouse kill -9: acked {len(acked)}, lost {len(acked - stored)}, "
+          f"duplicates {count - len(stored)}, wait=true statuses {waited.statuses}, "
+          f"202 statuses {accepted.statuses}")
+    assert accepted.statuses.get(202, 0) > 0
+    assert 503 in during_outage or during_outage.get(200, 0) < waited.statuses.get(200, 0)
+    assert not acked - stored
+
+
+def test_overload_answers_503_with_retry_after_and_stores_every_2xx(
+        private_server: ClickHouseServer, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    ids = itertools.count()
+    # A small spool and ClickHouse down: the spool fills and the gateway says "slow down".
+    gateway = start_gateway("clickhouse", tmp_path, {"TINYINGEST_SPOOL_MAX_BYTES": str(1 << 20)},
+                            server=private_server)
+    try:
+        private_server.kill()
+        with Load(gateway, tag, ids, wait=False, max_requests=400) as load:
+            deadline = time.monotonic() + 20
+            while 503 not in load.statuses and time.monotonic() < deadline:
+                time.sleep(0.1)
+        private_server.restart()
+        stored, count = wait_until_stored(gateway, tag, load.acked)
+    finally:
+        assert gateway.stop() == 0
+    print(f"\noverload: statuses {load.statuses}, acked {len(load.acked)}, "
+          f"Retry-After values {sorted(set(load.retry_after))}")
+    assert load.statuses.get(503, 0) > 0
+    assert load.retry_after and all(value.isdigit() for value in load.retry_after)
+    assert set(load.statuses) <= {202, 503}  # never a 500, never a false success
+    assert not load.acked - stored

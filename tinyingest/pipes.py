@@ -1,0 +1,546 @@
+"""Compile a pipe and request parameters into one SELECT (api.md sections 4.1 and 6.2).
+
+Each node's SQL is rendered by :mod:`tinyingest.template` (when it starts with ``%``),
+then nodes are chained: a node may read ``FROM`` / ``JOIN`` / ``IN`` another node of the
+same pipe, by name. ClickHouse 18.16 has no ``WITH name AS (subquery)``, so a reference
+is replaced by the other node's compiled SQL as a subquery::
+
+    FROM filtered            ->  FROM (\\n<filtered's SQL>\\n) AS `filtered`
+    FROM filtered AS f       ->  FROM (\\n<filtered's SQL>\\n) AS f
+    WHERE x IN filtered      ->  WHERE x IN (\\n<filtered's SQL>\\n)
+
+References are found by a small SQL tokenizer that skips string literals, comments and
+function arguments (``extract(DAY FROM ts)`` is not a table reference); only the names
+right after ``FROM`` / ``JOIN`` (not ``ARRAY JOIN``) at a query level, and after ``IN``,
+count. ``table(name)`` in a template reaches nodes the same way.
+
+With ``allowed_tables``, every other table reference must be one of those names (the
+token's readable data sources); database-qualified names (``system.users``) and table
+functions (``numbers(10)``, ``url(...)``) are refused. This is defence in depth only:
+endpoint queries must still run as a ``readonly=1`` user that can read nothing else.
+``FROM a, b`` (comma joins) and names used outside ``FROM``/``JOIN``/``IN`` (e.g.
+``dictGet``, ``joinGet``) are not checked.
+
+A compiled node may not contain ``;`` (a trailing one is dropped), ``FORMAT`` or
+``INTO OUTFILE`` at its top level: the HTTP handler adds ``FORMAT`` itself.
+
+Request options that clients add (api.md 0.4) are never template parameters
+(:func:`template_params`).
+
+>>> from tinyingest.datafiles import Node, Pipe
+>>> pipe = Pipe("top", "", (
+...     Node("filtered", "% SELECT a FROM events WHERE a > {{Int32(min, 0)}}"),
+...     Node("endpoint", "% SELECT a FROM filtered LIMIT {{Int32(limit, 10)}}", "endpoint")))
+>>> print(compile_endpoint(pipe, {"min": "5", "token": "x"}, {"events"}).sql)
+ SELECT a FROM (
+ SELECT a FROM events WHERE a > toInt32('5')
+) AS `filtered` LIMIT toInt32('10')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyingest.datafiles import Node, Pipe
+from tinyingest.template import (
+    Param,
+    ParamValue,
+    TemplateError,
+    compile_template,
+    is_template,
+    render_sql,
+    sql_identifier,
+)
+
+__all__ = [
+    "RESERVED_PARAMS",
+    "CompiledQuery",
+    "PipeError",
+    "apply_q",
+    "check_pipe",
+    "compile_endpoint",
+    "compile_node",
+    "is_reserved_param",
+    "pipe_parameters",
+    "table_references",
+    "template_params",
+]
+
+#: Request options that are never template parameters (api.md 0.4, plus Tinybird's
+#: ``RESERVED_PARAM_NAMES``). Names starting with ``__tb__`` or ``output_format_`` too.
+RESERVED_PARAMS = frozenset({
+    "token", "q", "format", "from", "cli_version", "debug", "release_replacements",
+    "pipeline", "debug_source_tables", "explain", "finalize_aggregations", "playground",
+    "query_id", "tag", "template_parameters", "job_timestamp",
+})
+_RESERVED_PREFIXES = ("__tb__", "output_format_")
+
+
+class PipeError(TemplateError):
+    """A pipe cannot be compiled: unknown node or table, circular reference, a node with
+    ``FORMAT`` or several statements. ``status`` is 400 (404 for a missing endpoint)."""
+
+
+def is_reserved_param(name: str) -> bool:
+    """True for request options such as ``token``, ``q``, ``__tb__semver``."""
+    return name in RESERVED_PARAMS or name.startswith(_RESERVED_PREFIXES)
+
+
+def template_params(params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+    """``params`` without the reserved request options."""
+    return {name: value for name, value in params.items() if not is_reserved_param(name)}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledQuery:
+    """One SELECT ready to run.
+
+    :ivar sql: the SQL, without ``FORMAT``.
+    :ivar settings: ClickHouse settings asked for by templates (``max_threads``): pass
+        them with the query.
+    :ivar hints: other template hints (``cache_ttl`` ...).
+    :ivar node: the compiled node's name.
+    :ivar nodes: the nodes inlined into ``sql`` (dependencies first, then ``node``).
+    :ivar tables: the other tables it reads (data sources), sorted.
+    """
+
+    sql: str
+    settings: dict[str, Any]
+    hints: dict[str, str]
+    node: str
+    nodes: tuple[str, ...]
+    tables: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------
+# SQL tokenizer
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
+_SPACE = re.compile(r"\s+")
+
+# Words that may follow a table reference and are not an alias.
+_NOT_ALIAS = frozenset("""
+    WHERE PREWHERE GROUP ORDER LIMIT OFFSET HAVING FINAL SAMPLE JOIN LEFT RIGHT INNER
+    FULL CROSS OUTER ANY ALL ASOF SEMI ANTI ARRAY GLOBAL ON USING UNION SETTINGS FORMAT
+    INTO WITH WINDOW QUALIFY EXCEPT INTERSECT PASTE AND OR NOT LIKE IN IS BETWEEN AS
+    """.split())
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # "word" | "quoted" | "string" | "number" | "punct" | "space" | "comment"
+    text: str
+    start: int
+    end: int
+
+    @property
+    def upper(self) -> str:
+        return self.text.upper() if self.kind == "word" else ""
+
+    @property
+    def identifier(self) -> str | None:
+        """The name, for a bare or backquoted / double-quoted identifier."""
+        if self.kind == "word":
+            return self.text
+        if self.kind == "quoted":
+            return _unquote(self.text)
+        return None
+
+
+def _unquote(text: str) -> str:
+    quote = text[0]
+    body = text[1:-1] if len(text) >= 2 and text[-1] == quote else text[1:]
+    out: list[str] = []
+    pos = 0
+    escapes = {"0": "\0", "n": "\n", "r": "\r", "t": "\t", "b": "\b"}
+    while pos < len(body):
+        ch = body[pos]
+        if ch == "\\" and pos + 1 < len(body):
+            out.append(escapes.get(body[pos + 1], body[pos + 1]))
+            pos += 2
+        elif ch == quote and body[pos + 1:pos + 2] == quote:
+            out.append(quote)
+            pos += 2
+        else:
+            out.append(ch)
+            pos += 1
+    return "".join(out)
+
+
+def _skip_quoted(sql: str, pos: int) -> int:
+    quote = sql[pos]
+    pos += 1
+    while pos < len(sql):
+        ch = sql[pos]
+        if ch == "\\":
+            pos += 2
+            continue
+        if ch == quote:
+            if sql[pos + 1:pos + 2] == quote:
+                pos += 2
+                continue
+            return pos + 1
+        pos += 1
+    return len(sql)
+
+
+def _tokens(sql: str) -> Iterator[_Token]:
+    pos = 0
+    n = len(sql)
+    while pos < n:
+        ch = sql[pos]
+        if ch in "'\"`":
+            end = _skip_quoted(sql, pos)
+            yield _Token("string" if ch == "'" else "quoted", sql[pos:end], pos, end)
+            pos = end
+            continue
+        if sql.startswith("--", pos):
+            end = sql.find("\n", pos)
+            end = n if end == -1 else end
+            yield _Token("comment", sql[pos:end], pos, end)
+            pos = end
+            continue
+        if sql.startswith("/*", pos):
+            end = sql.find("*/", pos + 2)
+            end = n if end == -1 else end + 2
+            yield _Token("comment", sql[pos:end], pos, end)
+            pos = end
+            continue
+        for kind, pattern in (("space", _SPACE), ("word", _WORD), ("number", _NUMBER)):
+            match = pattern.match(sql, pos)
+            if match:
+                yield _Token(kind, match.group(), pos, match.end())
+                pos = match.end()
+                break
+        else:
+            yield _Token("punct", ch, pos, pos + 1)
+            pos += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    name: str  # "db.table" when qualified
+    keyword: str  # FROM | JOIN | IN
+    start: int
+    end: int
+    function: bool  # a table function: name(...)
+    aliased: bool  # followed by AS x / an alias
+
+
+def _scan(sql: str) -> tuple[list[_Reference], list[tuple[str, int]]]:
+    """Table references, and top-level problems (``;``, FORMAT, INTO OUTFILE)."""
+    tokens = [t for t in _tokens(sql) if t.kind not in ("space", "comment")]
+    references: list[_Reference] = []
+    problems: list[tuple[str, int]] = []
+    levels: list[bool | None] = [True]  # per open paren: is it a query (SELECT ...)?
+    n = len(tokens)
+    for index, token in enumerate(tokens):
+        if levels[-1] is None:
+            levels[-1] = token.upper in ("SELECT", "WITH")
+        if token.text == "(" and token.kind == "punct":
+            levels.append(None)
+            continue
+        if token.text == ")" and token.kind == "punct":
+            if len(levels) > 1:
+                levels.pop()
+            continue
+        if len(levels) == 1:
+            if token.text == ";" and token.kind == "punct":
+                problems.append(("multiple statements (';') are not allowed", token.start))
+            elif token.upper == "FORMAT":
+                problems.append(("FORMAT is not allowed in a pipe node", token.start))
+            elif token.upper == "OUTFILE":
+                problems.append(("INTO OUTFILE is not allowed in a pipe node", token.start))
+        keyword = token.upper
+        if keyword not in ("FROM", "JOIN", "IN"):
+            continue
+        if keyword in ("FROM", "JOIN") and not levels[-1]:
+            continue  # extract(DAY FROM ts), trim(BOTH ' ' FROM s)
+        if keyword == "JOIN" and index > 0 and tokens[index - 1].upper == "ARRAY":
+            continue
+        ref = _reference_at(tokens, index + 1, keyword)
+        if ref is not None:
+            references.append(ref)
+    return references, problems
+
+
+def _reference_at(tokens: list[_Token], index: int, keyword: str) -> _Reference | None:
+    n = len(tokens)
+    if index >= n or tokens[index].identifier is None:
+        return None
+    first = tokens[index]
+    if keyword != "IN" and first.upper in ("SELECT", "WITH"):
+        return None
+    parts = [first.identifier or ""]
+    last = index
+    while last + 2 < n and tokens[last + 1].text == "." and tokens[last + 1].kind == "punct" \
+            and tokens[last + 2].identifier is not None:
+        parts.append(tokens[last + 2].identifier or "")
+        last += 2
+    after = tokens[last + 1] if last + 1 < n else None
+    function = after is not None and after.kind == "punct" and after.text == "("
+    if keyword == "IN" and (function or first.kind == "word" and first.upper in (
+            "SELECT", "WITH")):
+        return None  # IN tuple(...) / IN (SELECT ...) handled as subqueries
+    aliased = after is not None and (
+        after.upper == "AS" or after.kind == "quoted"
+        or (after.kind == "word" and after.upper not in _NOT_ALIAS)
+    )
+    return _Reference(".".join(parts), keyword, first.start, tokens[last].end, function,
+                      aliased)
+
+
+def table_references(sql: str) -> list[str]:
+    """Names read with ``FROM`` / ``JOIN`` / ``IN`` in ``sql`` (rendered, not a template).
+
+    >>> table_references("SELECT * FROM a JOIN db.b USING x WHERE y IN c AND "
+    ...                  "extract(DAY FROM ts) = 1 AND z IN (SELECT 1 FROM d)")
+    ['a', 'db.b', 'c', 'd']
+    """
+    return [ref.name for ref in _scan(sql)[0]]
+
+
+# ---------------------------------------------------------------------------
+# Compilation
+
+
+class _Tables(Mapping[str, str]):
+    """What ``table(name)`` may emit while compiling one node (looked up lazily)."""
+
+    def __init__(self, compiler: _Compiler, pipe: Pipe, node: Node) -> None:
+        self._compiler = compiler
+        self._pipe = pipe
+        self._node = node
+
+    def __getitem__(self, name: str) -> str:
+        other = self._pipe.node(name)
+        if other is not None and other is not self._node:
+            return self._compiler.subquery(self._pipe, other) + " AS " + sql_identifier(name)
+        if self._compiler.allowed is not None and name in self._compiler.allowed:
+            self._compiler.tables.add(name)
+            return sql_identifier(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@dataclass(slots=True)
+class _Compiler:
+    params: Mapping[str, ParamValue]
+    allowed: Collection[str] | None
+    pipes: Mapping[str, Pipe]
+    test_mode: bool
+    root: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, str] = field(default_factory=dict)
+    tables: set[str] = field(default_factory=set)
+    order: list[str] = field(default_factory=list)
+    done: dict[tuple[str, str], str] = field(default_factory=dict)
+    stack: list[tuple[str, str]] = field(default_factory=list)
+
+    def subquery(self, pipe: Pipe, node: Node) -> str:
+        # Newlines: a trailing "-- comment" in the node must not swallow the ")".
+        return "(\n" + self.node_sql(pipe, node) + "\n)"
+
+    def node_sql(self, pipe: Pipe, node: Node) -> str:
+        key = (pipe.name, node.name)
+        if key in self.done:
+            return self.done[key]
+        if key in self.stack:
+            chain = " -> ".join(f"{p}.{n}" for p, n in self.stack[self.stack.index(key):])
+            raise PipeError(f"Circular reference between nodes: {chain} -> "
+                            f"{pipe.name}.{node.name}")
+        self.stack.append(key)
+        try:
+            rendered = render_sql(node.sql, self.params, tables=_Tables(self, pipe, node),
+                                  test_mode=self.test_mode)
+            for name, value in rendered.settings.items():
+                self.settings[name] = value
+            self.hints.update(rendered.hints)
+            sql = self._resolve(pipe, node, rendered.sql)
+        finally:
+            self.stack.pop()
+        self.done[key] = sql
+        self.order.append(node.name if pipe.name == self.root else f"{pipe.name}.{node.name}")
+        return sql
+
+    def _resolve(self, pipe: Pipe, node: Node, sql: str) -> str:
+        references, problems = _scan(sql)
+        sql, problems = _strip_semicolon(sql, problems)
+        if problems:
+            raise PipeError(f"Node '{node.name}': {problems[0][0]}")
+        out: list[str] = []
+        pos = 0
+        for ref in references:
+            replacement = self._reference(pipe, node, ref)
+            if replacement is None:
+                continue
+            out.append(sql[pos:ref.start])
+            out.append(replacement)
+            if ref.keyword != "IN" and not ref.aliased:
+                out.append(" AS " + sql_identifier(ref.name))
+            pos = ref.end
+        out.append(sql[pos:])
+        return "".join(out)
+
+    def _reference(self, pipe: Pipe, node: Node, ref: _Reference) -> str | None:
+        """The SQL replacing ``ref``, or None to keep it (a table)."""
+        other = pipe.node(ref.name) if not ref.function else None
+        if other is not None and other is not node:
+            return self.subquery(pipe, other)
+        published = self.pipes.get(ref.name) if not ref.function else None
+        if published is not None and published.name != pipe.name:
+            endpoint = published.endpoint
+            if endpoint is None:
+                raise PipeError(f"Pipe '{ref.name}' has no endpoint node")
+            return self.subquery(published, endpoint)
+        if self.allowed is not None:
+            if ref.function:
+                raise PipeError(f"Node '{node.name}': table functions are not allowed: "
+                                f"{ref.name}()")
+            if ref.name not in self.allowed:
+                raise PipeError(f"Node '{node.name}': Resource '{ref.name}' not found")
+        if not ref.function:
+            self.tables.add(ref.name)
+        return None
+
+
+def _strip_semicolon(sql: str,
+                     problems: list[tuple[str, int]]) -> tuple[str, list[tuple[str, int]]]:
+    """Drop one trailing ``;`` (followed only by blanks or comments)."""
+    for index, (message, offset) in enumerate(problems):
+        if not message.startswith("multiple statements"):
+            continue
+        rest = [t for t in _tokens(sql[offset + 1:]) if t.kind not in ("space", "comment")]
+        if not rest:
+            return sql[:offset] + " " + sql[offset + 1:], problems[:index] + problems[index + 1:]
+    return sql, problems
+
+
+def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
+                 allowed_tables: Collection[str] | None = None, *,
+                 pipes: Mapping[str, Pipe] | None = None,
+                 test_mode: bool = False) -> CompiledQuery:
+    """Compile node ``node`` of ``pipe`` (and the nodes it reads) into one SELECT.
+
+    :param params: request parameters; reserved options (:data:`RESERVED_PARAMS`) are
+        dropped here.
+    :param allowed_tables: the only other tables the SQL may read (and ``table()`` may
+        name); None: no check.
+    :param pipes: published pipes, by name, that nodes may read like tables (their
+        endpoint node is inlined, with the same parameters).
+    :param test_mode: render with placeholder values (see
+        :meth:`tinyingest.template.Template.render`).
+    :raises TemplateError: a parameter is missing or invalid (400), ``error()``...
+    :raises PipeError: unknown node, table or circular reference.
+    """
+    target = pipe.node(node)
+    if target is None:
+        raise PipeError(f"Node '{node}' not found in pipe '{pipe.name}'", 404)
+    compiler = _Compiler(template_params(params), allowed_tables, pipes or {}, test_mode,
+                         pipe.name)
+    sql = compiler.node_sql(pipe, target)
+    return CompiledQuery(sql, compiler.settings, compiler.hints, target.name,
+                         tuple(compiler.order), tuple(sorted(compiler.tables)))
+
+
+def compile_endpoint(pipe: Pipe, params: Mapping[str, ParamValue],
+                     allowed_tables: Collection[str] | None = None, *,
+                     pipes: Mapping[str, Pipe] | None = None,
+                     test_mode: bool = False) -> CompiledQuery:
+    """Compile the pipe's endpoint node (:attr:`Pipe.endpoint`); see :func:`compile_node`.
+
+    :raises PipeError: (404) the pipe has no endpoint node.
+    """
+    endpoint = pipe.endpoint
+    if endpoint is None:
+        raise PipeError(f"The pipe '{pipe.name}' does not have an endpoint yet", 404)
+    return compile_node(pipe, endpoint.name, params, allowed_tables, pipes=pipes,
+                        test_mode=test_mode)
+
+
+def apply_q(q: str, compiled: CompiledQuery,
+            allowed_tables: Collection[str] | None = None) -> str:
+    """The ``q`` request option: SQL over the endpoint result, ``_`` standing for it.
+
+    ``q`` is user SQL: every other table it reads must be in ``allowed_tables`` (when
+    given); it may not contain ``;`` or ``FORMAT`` (the handler adds it).
+
+    >>> apply_q("SELECT * FROM _ LIMIT 5", CompiledQuery("SELECT 1 AS x", {}, {}, "e", (), ()))
+    'SELECT * FROM (\\nSELECT 1 AS x\\n) AS `_` LIMIT 5'
+    """
+    pipe = Pipe("q", "", (Node("_", compiled.sql), Node("q", q)))
+    # compiled.sql is already rendered: no template marker, so it is not re-rendered.
+    if is_template(compiled.sql):
+        raise PipeError("cannot apply q to a template")
+    if is_template(q):
+        raise PipeError("q cannot be a template here")
+    return compile_node(pipe, "q", {}, allowed_tables).sql
+
+
+def pipe_parameters(pipe: Pipe, node: str | None = None) -> list[Param]:
+    """The template parameters of a node (default: the endpoint) and of the nodes it
+    reads, merged by name in order of first use (for OpenAPI and parameter listings)."""
+    target = pipe.node(node) if node is not None else pipe.endpoint
+    if target is None:
+        return []
+    seen: dict[str, Param] = {}
+    visited: set[str] = set()
+
+    def visit(current: Node) -> None:
+        if current.name in visited:
+            return
+        visited.add(current.name)
+        text = current.sql
+        if is_template(text):
+            for param in compile_template(text).parameters:
+                if is_reserved_param(param.name):
+                    continue
+                old = seen.get(param.name)
+                if old is None or (old.type == "String" and param.type != "String"):
+                    seen[param.name] = param
+        for name in _referenced_nodes(pipe, current):
+            other = pipe.node(name)
+            if other is not None:
+                visit(other)
+
+    visit(target)
+    return list(seen.values())
+
+
+def _referenced_nodes(pipe: Pipe, node: Node) -> list[str]:
+    """Other node names read by ``node`` (a static over-approximation for templates)."""
+    names = {other.name for other in pipe.nodes if other is not node}
+    text = node.sql
+    found: list[str] = []
+    for token in _tokens(text):
+        if token.kind in ("word", "quoted", "string"):
+            word = token.identifier if token.kind != "string" else _unquote(token.text)
+            if word in names and word not in found:
+                found.append(word)
+    return found
+
+
+def check_pipe(pipe: Pipe, allowed_tables: Collection[str] | None = None, *,
+               pipes: Mapping[str, Pipe] | None = None) -> None:
+    """Check a pipe when it is loaded or pushed: every node's template parses, and the
+    endpoint compiles with placeholder parameters (test mode).
+
+    :raises TemplateError: with ``Template Syntax Error: ... at line n`` for a bad node.
+    """
+    for node in pipe.nodes:
+        if is_template(node.sql):
+            try:
+                compile_template(node.sql)
+            except TemplateError as e:
+                raise PipeError(f"Node '{node.name}': {e.message}") from None
+    if pipe.endpoint is not None:
+        compile_endpoint(pipe, {}, allowed_tables, pipes=pipes, test_mode=True)
