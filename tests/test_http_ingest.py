@@ -246,3 +246,25 @@ def test_unknown_path_is_a_json_404(gateway: GatewayProcess) -> None:
     response = call(gateway, "GET", "/v0/nothing")
     assert response.status == 404
     assert "error" in response.json()
+
+
+def test_retried_request_id_is_not_stored_twice(gateway: GatewayProcess) -> None:
+    tag = new_tag()
+    body = ndjson(event(tag, i) for i in range(10))
+    headers = {"X-Request-Id": f"retry-{tag}"}
+    first = post_events(gateway, body, headers=headers)
+    again = post_events(gateway, body, headers=headers)
+    assert first.status == again.status == 200
+    assert again.json() == first.json()
+    assert again.headers.get("x-idempotent-replay") == "true"
+    other = post_events(gateway, body, headers={"X-Request-Id": f"other-{tag}"})
+    assert other.status == 200
+    assert int(sql(gateway, f"SELECT count() AS n FROM events WHERE tag = '{tag}'")[0]["n"]) == 20
+
+
+def test_failed_request_id_can_be_retried(gateway: GatewayProcess) -> None:
+    tag = new_tag()
+    headers = {"X-Request-Id": f"fail-{tag}", "Content-Encoding": "gzip"}
+    assert post_events(gateway, b"not gzip", headers=headers).status == 400
+    body = gzip.compress(ndjson([event(tag, 1)]))
+    assert post_events(gateway, body, headers=headers).status == 200

@@ -21,6 +21,7 @@ from tinyingest.batcher import TableBatcher, Writer
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Project
 from tinyingest.errors import ErrorCode
+from tinyingest.idempotency import RecentRequests
 from tinyingest.block import EncodedBlock
 from tinyingest.native import encode_block
 from tinyingest.quarantine import quarantine_rows, refused_rows
@@ -60,6 +61,7 @@ class Gateway:
         self.spool = Spool(str(Path(settings.data_dir) / "spool"),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
+        self.recent_requests = RecentRequests()
         self.draining = False  # SIGTERM received: new ingest requests get 503
         self.active_requests = 0  # ingest requests being received or answered
 

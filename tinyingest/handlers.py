@@ -138,6 +138,8 @@ class IngestHandler(BaseHandler):
             overload = self.gateway.overloaded()
             if overload is not None:
                 raise APIError(503, overload, {"Retry-After": "2"})
+            if self._replayed(table):
+                return
             limit = self.gateway.settings.max_body_bytes
             length = self.request.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > limit:
@@ -161,6 +163,33 @@ class IngestHandler(BaseHandler):
 
     def import_id(self) -> str:
         return ""
+
+    _request_key: tuple[str, str] | None = None
+
+    def _replayed(self, table: Table) -> bool:
+        """A retry of a request already answered: answer the same, ingest nothing."""
+        request_id = self.request.headers.get("X-Request-Id") or \
+            self.get_query_argument("batch_id", None)
+        if not request_id:
+            return False
+        scope = f"{type(self).__name__}:{table.datasource.name}"
+        previous = self.gateway.recent_requests.begin(scope, request_id)
+        if previous is True:
+            self._request_key = (scope, request_id)
+            return False
+        if previous is None:
+            raise APIError(409, f"request {request_id} is still being processed",
+                           {"Retry-After": "1"})
+        assert not isinstance(previous, bool)
+        self.set_header("X-Idempotent-Replay", "true")
+        self.send_json(previous.status, previous.body)
+        return True
+
+    def send_json(self, status: int, body: Any) -> None:
+        if self._request_key is not None:
+            key, self._request_key = self._request_key, None
+            self.gateway.recent_requests.finish(*key, status, body)
+        super().send_json(status, body)
 
     async def data_received(self, chunk: bytes) -> None:
         if self._finished or self.ingest is None or self.decoder is None:
@@ -197,9 +226,15 @@ class IngestHandler(BaseHandler):
         # A client that went away mid-body: its complete rows were accepted as they came.
         if self.ingest is not None:
             self.ingest.discard_results()
+        if self._request_key is not None:
+            key, self._request_key = self._request_key, None
+            self.gateway.recent_requests.finish(*key, 499, None)
         self._done()
 
     def on_finish(self) -> None:
+        if self._request_key is not None:  # finished without send_json (Tornado's errors)
+            key, self._request_key = self._request_key, None
+            self.gateway.recent_requests.finish(*key, self.get_status(), None)
         self._done()
 
     _counted = False

@@ -215,6 +215,8 @@ class _Missing:
 
 
 _MISSING = _Missing()
+#: What max_threads(), hints and a neutralised error() emit.
+_NOTHING = SQLValue("", None)
 
 
 # ---------------------------------------------------------------------------
@@ -667,14 +669,14 @@ def _error(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> Any:
     bound = _bind("error", args, kwargs, ("message", "code"))
     message = _scalar_text(bound["message"])
     if ctx.test_mode:
-        return ""
+        return _NOTHING
     raise TemplateError(message, _status(bound.get("code", 400)))
 
 
 def _custom_error(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> Any:
     bound = _bind("custom_error", args, kwargs, ("error", "code"))
     if ctx.test_mode:
-        return ""
+        return _NOTHING
     error = _plain(bound["error"])
     body = {str(k): _plain(v) for k, v in error.items()} if isinstance(error, dict) \
         else {"error": _scalar_text(error)}
@@ -688,7 +690,7 @@ def _status(code: Any) -> int:
     return code
 
 
-def _max_threads(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> str:
+def _max_threads(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue:
     bound = _bind("max_threads", args, kwargs, ("threads",))
     threads = _plain(bound["threads"])
     if isinstance(threads, str) and threads.isdigit():
@@ -696,19 +698,19 @@ def _max_threads(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> str:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
         _fail(f"max_threads() takes an integer between 1 and 1024, not {threads!r}")
     ctx.settings["max_threads"] = threads
-    return ""
+    return _NOTHING
 
 
 def _hint(fname: str, allowed: Iterable[str] | None = None) -> _Fn:
     choices = frozenset(allowed) if allowed is not None else None
 
-    def fn(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> str:
+    def fn(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue:
         bound = _bind(fname, args, kwargs, ("value",))
         value = _scalar_text(bound["value"])
         if choices is not None and value not in choices:
             _fail(f"{fname}() takes one of {', '.join(sorted(choices))}, not {value!r}")
         ctx.hints[fname] = value
-        return ""
+        return _NOTHING
 
     return fn
 
@@ -1475,13 +1477,15 @@ def _collect_parameters(nodes: Sequence[_Node]) -> list[Param]:
         found[param.name] = param if old is None else _merge(param, old)
 
     def visit_expr(expr: ast.AST) -> None:
-        callees = {id(sub.func) for sub in ast.walk(expr) if isinstance(sub, ast.Call)}
+        skip = {id(sub.func) for sub in ast.walk(expr) if isinstance(sub, ast.Call)}
         for sub in ast.walk(expr):
             if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) \
                     and sub.args and isinstance(sub.args[0], ast.Name) \
-                    and sub.func.id in _PARAM_FUNCTIONS and sub.args[0].id not in assigned:
-                add(_param_from_call(sub.func.id, sub.args[0].id, sub))
-            elif isinstance(sub, ast.Name) and id(sub) not in callees \
+                    and sub.func.id in _PARAM_FUNCTIONS:
+                skip.add(id(sub.args[0]))
+                if sub.args[0].id not in assigned:
+                    add(_param_from_call(sub.func.id, sub.args[0].id, sub))
+            elif isinstance(sub, ast.Name) and id(sub) not in skip \
                     and sub.id not in assigned:
                 add(Param(sub.id))
 
