@@ -139,3 +139,32 @@ def test_gateway_without_chdb_explains_how_to_install(tmp_path: Path) -> None:
                             env={**os.environ, "TINYINGEST_ADMIN_TOKEN": "x"})
     assert result.returncode != 0
     assert "tinyingest[embedded]" in result.stderr
+
+
+def test_workers_share_the_port_and_drain_on_sigterm(clickhouse_server: ClickHouseServer,
+                                                     tmp_path: Path) -> None:
+    gateway = start_gateway("clickhouse", tmp_path, server=clickhouse_server,
+                            args=["--workers", "2"])
+    tag = uuid.uuid4().hex
+    try:
+        pids = {call(gateway, "GET", "/healthz", token=None).json()["pid"] for _ in range(200)}
+        assert len(pids) == 2, pids  # both workers accept connections
+        for i in range(20):
+            response = call(gateway, "POST", "/v0/events", params={"name": "events"},
+                            body=ndjson({"id": i * 10 + j, "tag": tag} for j in range(10)))
+            assert response.status == 202
+        metrics = call(gateway, "GET", "/metrics", token=None).body.decode()
+        stored_line = [line for line in metrics.splitlines() if line.startswith(
+            'tinyingest_rows_total{datasource="events",outcome="stored"}')]
+        assert stored_line and float(stored_line[0].split()[-1]) >= 200  # summed over workers
+    finally:
+        assert gateway.stop() == 0  # SIGTERM reaches every worker, each flushes and exits 0
+    with GatewayProcess(PROJECT_DIR, str(tmp_path), clickhouse_url=gateway.clickhouse_url) as again:
+        assert int(sql(again, f"SELECT count() AS n FROM events WHERE tag = '{tag}'")[0]["n"]) == 200
+
+
+def test_workers_need_a_clickhouse_server(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "tinyingest", "serve", "--project", PROJECT_DIR,
+                             "--data-dir", str(tmp_path), "--workers", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--clickhouse" in result.stderr

@@ -10,15 +10,19 @@ import signal
 import sys
 from pathlib import Path
 
-from tornado.httpserver import HTTPServer
+import socket
+from typing import TYPE_CHECKING
 
 from tinyingest import __version__
-from tinyingest.auth import Authorizer, load_admin_token
+from tinyingest.auth import load_admin_token
 from tinyingest.config import Settings
 from tinyingest.datafiles import DatafileError, load_project, write_example_project
-from tinyingest.gateway import Gateway
-from tinyingest.routes import make_app
-from tinyingest.sinks import Sink
+
+if TYPE_CHECKING:
+    from tinyingest.sinks import Sink
+
+# Modules that import prometheus_client (gateway, routes) are imported in serve(): with
+# --workers, PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported.
 
 log = logging.getLogger("tinyingest")
 
@@ -37,7 +41,15 @@ def make_sink(settings: Settings) -> Sink:
     return EmbeddedSink(str(Path(settings.data_dir) / "chdb"))
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
+                worker: int | None = None) -> int:
+    """Run one gateway process until SIGTERM/SIGINT; ``worker`` is its number under --workers."""
+    from tornado.httpserver import HTTPServer
+
+    from tinyingest.auth import Authorizer
+    from tinyingest.gateway import Gateway
+    from tinyingest.routes import make_app
+
     try:
         project = load_project(settings.project_dir)
     except DatafileError as exc:
@@ -47,7 +59,9 @@ async def serve(settings: Settings) -> int:
     if generated:
         print(f"admin token (stored in {settings.data_dir}/admin_token): {token}", flush=True)
     sink = make_sink(settings)
-    gateway = Gateway(settings, sink, project)
+    # Each worker owns its spool; a single process keeps the plain name.
+    spool_dir = "spool" if worker is None else f"spool-{worker}"
+    gateway = Gateway(settings, sink, project, spool_dir=spool_dir)
     await gateway.start()
     server = HTTPServer(
         make_app(gateway, Authorizer(token)),
@@ -58,9 +72,12 @@ async def serve(settings: Settings) -> int:
         max_header_size=64 << 10,
         decompress_request=False,  # we decode bodies ourselves, with a size limit
     )
-    server.listen(settings.port, settings.host)
-    log.info("tinyingest %s listening on http://%s:%d", __version__, settings.host,
-             settings.port)
+    if sockets is None:
+        server.listen(settings.port, settings.host)
+    else:
+        server.add_sockets(sockets)
+    log.info("tinyingest %s listening on http://%s:%d%s", __version__, settings.host,
+             settings.port, "" if worker is None else f" (worker {worker})")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the embedded engine)")
     run.add_argument("--data-dir", default="./.tinyingest",
                      help="embedded engine data and local state")
+    run.add_argument("--workers", type=int, default=1,
+                     help="processes sharing the port (needs --clickhouse when > 1)")
     init = commands.add_parser("init", help="write an example project")
     init.add_argument("directory")
     args = parser.parse_args(argv)
@@ -100,10 +119,83 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = Settings.from_env(project_dir=args.project, host=args.host, port=args.port,
                                  clickhouse_url=args.clickhouse, data_dir=args.data_dir)
+    if args.workers > 1:
+        if not settings.clickhouse_url:
+            print("--workers > 1 needs --clickhouse: the embedded engine lives in one process",
+                  file=sys.stderr)
+            return 2
+        return supervise(settings, args.workers)
+    _install_uvloop()
+    return asyncio.run(serve(settings))
+
+
+def _install_uvloop() -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(serve(settings))
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """Pre-fork ``workers`` gateway processes on one listening socket.
+
+    The parent only supervises: it restarts a worker that dies, and forwards SIGTERM /
+    SIGINT so that every worker drains and exits; it exits 0 when all exited 0.
+    """
+    import shutil
+
+    from tornado.netutil import bind_sockets
+
+    # Workers' metrics are summed by prometheus-client's multiprocess mode.
+    metrics_dir = Path(settings.data_dir) / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    load_admin_token(settings.admin_token, settings.data_dir)  # once, before the fork
+    sockets = bind_sockets(settings.port, settings.host)
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _install_uvloop()
+            code = 1
+            try:
+                code = asyncio.run(serve(settings, sockets, number))
+            finally:
+                os._exit(code)
+        children[pid] = number
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for number in range(workers):
+        spawn(number)
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        number = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed |= code != 0
+        elif code == 2:  # a configuration error: restarting cannot help
+            log.error("worker %d could not start; stopping", number)
+            forward(signal.SIGTERM, None)
+            failed = True
+        else:
+            log.error("worker %d exited with %d; restarting it", number, code)
+            spawn(number)
+    return 1 if failed else 0

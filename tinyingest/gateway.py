@@ -53,12 +53,13 @@ class Table:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, sink: Sink, project: Project) -> None:
+    def __init__(self, settings: Settings, sink: Sink, project: Project, *,
+                 spool_dir: str = "spool") -> None:
         self.settings = settings
         self.sink = sink
         self.project = project
         self.writer = Writer(sink)
-        self.spool = Spool(str(Path(settings.data_dir) / "spool"),
+        self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
         self.recent_requests = RecentRequests()

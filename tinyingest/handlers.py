@@ -12,6 +12,7 @@ import datetime
 import decimal
 import json
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -416,7 +417,7 @@ def query_json(result: QueryResult) -> dict[str, Any]:
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json(200, {"status": "ok", "parser": parser.IMPLEMENTATION,
-                             "backend": self.gateway.sink.name})
+                             "backend": self.gateway.sink.name, "pid": os.getpid()})
 
 
 class NotFoundHandler(BaseHandler):

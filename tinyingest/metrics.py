@@ -5,7 +5,9 @@ Ingest counters are bumped by the ingest handlers through :func:`count_rows`.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from tornado import web
 
 REGISTRY = CollectorRegistry()
@@ -31,5 +33,10 @@ def count_rows(datasource: str, stored: int, quarantined: int) -> None:
 
 class MetricsHandler(web.RequestHandler):
     def get(self) -> None:
+        registry = REGISTRY
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # --workers: every worker's samples, summed.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(generate_latest(REGISTRY))
+        self.finish(generate_latest(registry))

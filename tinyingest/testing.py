@@ -331,6 +331,7 @@ class GatewayProcess:
     :param clickhouse_url: a server (``ClickHouseServer.url``), or None for the
         embedded engine in ``data_dir``.
     :param env: extra environment (``TINYINGEST_*`` settings).
+    :param args: extra ``serve`` arguments, e.g. ``["--workers", "2"]``.
 
     ``url`` is the base URL and ``token`` the admin token. :meth:`stop` sends SIGTERM
     (the gateway flushes and exits 0) and returns the exit code.
@@ -340,13 +341,14 @@ class GatewayProcess:
 
     def __init__(self, project_dir: str, data_dir: str, *, clickhouse_url: str | None = None,
                  env: dict[str, str] | None = None, token: str = "test-admin-token",
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, args: list[str] | None = None) -> None:
         self.project_dir = project_dir
         self.data_dir = data_dir
         self.clickhouse_url = clickhouse_url
         self.token = token
         self.port = 0
         self._env = dict(env or {})
+        self._args = list(args or [])
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = os.path.join(data_dir, "gateway.log")
@@ -369,6 +371,7 @@ class GatewayProcess:
                    "--data-dir", self.data_dir, "--port", str(self.port)]
         if self.clickhouse_url:
             command += ["--clickhouse", self.clickhouse_url]
+        command += self._args
         env = {**os.environ, "TINYINGEST_ADMIN_TOKEN": self.token, **self._env}
         with open(self._log_path, "ab") as log_file:
             self._proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
