@@ -181,3 +181,57 @@ def test_overload_answers_503_with_retry_after_and_stores_every_2xx(
     assert load.retry_after and all(value.isdigit() for value in load.retry_after)
     assert set(load.statuses) <= {202, 503}  # never a 500, never a false success
     assert not load.acked - stored
+
+
+def test_hung_clickhouse_times_out_and_recovers(private_server: ClickHouseServer,
+                                                tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    ids = itertools.count()
+    gateway = start_gateway("clickhouse", tmp_path, {"TINYINGEST_CLICKHOUSE_TIMEOUT": "1"},
+                            server=private_server)
+    try:
+        with Load(gateway, tag, ids, wait=True) as waited, \
+                Load(gateway, tag, ids, wait=False, max_requests=300) as accepted:
+            time.sleep(0.3)
+            private_server.pause()  # SIGSTOP: connections stay open, nothing answers
+            time.sleep(4.0)
+            private_server.resume()
+            time.sleep(1.0)
+        acked = waited.acked | accepted.acked
+        stored, count = wait_until_stored(gateway, tag, acked)
+    finally:
+        private_server.resume()
+        assert gateway.stop() == 0
+    print(f"\nClickHouse SIGSTOP 4 s: wait=true {waited.statuses}, 202 {accepted.statuses}, "
+          f"lost {len(acked - stored)}, duplicates {count - len(stored)}")
+    assert 503 in waited.statuses  # a timeout, not a hang
+    assert not acked - stored
+
+
+def test_rows_clickhouse_refuses_go_to_quarantine(private_server: ClickHouseServer,
+                                                  tmp_path: Path) -> None:
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    gateway = start_gateway("clickhouse", tmp_path, server=private_server)
+    tag = uuid.uuid4().hex
+    try:
+        assert gateway.clickhouse_url is not None
+        admin = ClickHouseSink(gateway.clickhouse_url)
+        # Schema drift behind the gateway's back: a column it sends no longer exists.
+        admin.execute("ALTER TABLE events DROP COLUMN note")
+        response = call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                        body=b"".join(json.dumps({"id": i, "tag": tag}).encode() + b"\n"
+                                      for i in range(5)))
+        assert response.status >= 500  # never a false 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = sql(gateway, "SELECT c__error, tag FROM events_quarantine "
+                                f"WHERE tag = '{tag}'")
+            if len(rows) == 5:
+                break
+            time.sleep(0.2)
+        admin.close()
+    finally:
+        assert gateway.stop() == 0
+    assert len(rows) == 5
+    assert all("ClickHouse refused the insert" in row["c__error"][0] for row in rows)

@@ -168,3 +168,26 @@ def test_workers_need_a_clickhouse_server(tmp_path: Path) -> None:
                              "--data-dir", str(tmp_path), "--workers", "2"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--clickhouse" in result.stderr
+
+
+@pytest.mark.parametrize("stall", ["headers", "body"])
+def test_stalled_clients_are_disconnected(stall: str, tmp_path: Path,
+                                          clickhouse_server: ClickHouseServer) -> None:
+    import socket
+
+    gateway = start_gateway("clickhouse", tmp_path, {"TINYINGEST_HEADER_TIMEOUT": "1",
+                                                     "TINYINGEST_BODY_TIMEOUT": "1"},
+                            server=clickhouse_server)
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+            request = b"POST /v0/events?name=events HTTP/1.1\r\nHost: x\r\n"
+            if stall == "body":
+                request += (f"Authorization: Bearer {gateway.token}\r\n"
+                            "Content-Length: 1000\r\n\r\n{\"id\": 1").encode()
+            sock.sendall(request)  # ... and then nothing more (slowloris)
+            received = b""
+            while chunk := sock.recv(4096):  # returns b"" when the gateway hangs up
+                received += chunk
+        assert b"200" not in received.split(b"\r\n", 1)[0]
+    finally:
+        assert gateway.stop() == 0

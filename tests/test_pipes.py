@@ -167,7 +167,7 @@ def test_reserved_params_are_never_template_params(name: str) -> None:
 
 
 def test_template_params_filter() -> None:
-    params = {"token": "t", "q": "x", "format": "json", "from": "ts-sdk",
+    params: dict[str, str | list[str]] = {"token": "t", "q": "x", "format": "json", "from": "ts-sdk",
               "cli_version": ["1", "1"], "debug": "blocks", "__tb__semver": "1",
               "release_replacements": "true", "pipeline": "p",
               "output_format_json_quote_denormals": "1", "limit": "5", "tags": ["a", "b"]}

@@ -31,7 +31,8 @@ def make_sink(settings: Settings) -> Sink:
     if settings.clickhouse_url:
         from tinyingest.sinks.clickhouse import ClickHouseSink
 
-        return ClickHouseSink(settings.clickhouse_url)
+        return ClickHouseSink(settings.clickhouse_url,
+                              send_receive_timeout=settings.clickhouse_timeout)
     try:
         from tinyingest.sinks.embedded import EmbeddedSink
     except ImportError as exc:

@@ -39,6 +39,8 @@ class Settings:
     header_timeout: float = 10.0
     #: Seconds to receive a whole body (Tornado's default: no limit).
     body_timeout: float = 3600.0
+    #: Seconds a ClickHouse server may take to answer before an insert is retried.
+    clickhouse_timeout: float = 30.0
     #: Seconds a SIGTERM waits for requests in flight before flushing and exiting.
     drain_timeout: float = 30.0
     batch: BatchLimits = field(default_factory=BatchLimits)
@@ -65,6 +67,11 @@ class Settings:
                 flush_interval=_env_float("TINYINGEST_FLUSH_INTERVAL",
                                           BatchLimits.flush_interval),
             ),
+            "header_timeout": _env_float("TINYINGEST_HEADER_TIMEOUT", cls.header_timeout),
+            "body_timeout": _env_float("TINYINGEST_BODY_TIMEOUT", cls.body_timeout),
+            "clickhouse_timeout": _env_float("TINYINGEST_CLICKHOUSE_TIMEOUT",
+                                             cls.clickhouse_timeout),
+            "drain_timeout": _env_float("TINYINGEST_DRAIN_TIMEOUT", cls.drain_timeout),
             "spool_max_bytes": _env_int("TINYINGEST_SPOOL_MAX_BYTES", cls.spool_max_bytes),
             "spool_fsync": os.environ.get("TINYINGEST_SPOOL_FSYNC") or cls.spool_fsync,
             "max_pending_bytes": _env_int("TINYINGEST_MAX_PENDING_BYTES", cls.max_pending_bytes),
