@@ -8,6 +8,7 @@
 
 from libc.stdint cimport int64_t, uint64_t, int8_t, int16_t, int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport strtod
+cimport cython
 from libc.math cimport isinf
 from cpython.mem cimport PyMem_RawMalloc
 
@@ -143,6 +144,12 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
             pos = 1
         if pos == n:
             return ERR_BAD_VALUE
+        if n - pos <= 19:  # fits in uint64: no overflow check per digit
+            while pos < n:
+                if not is_digit(s[pos]):
+                    return ERR_BAD_VALUE
+                magnitude = magnitude * 10 + (s[pos] - 48)
+                pos += 1
         while pos < n:
             if not is_digit(s[pos]):
                 return ERR_BAD_VALUE
@@ -204,6 +211,76 @@ cdef bint is_float_text(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     return pos == n
 
 
+cdef double[23] EXACT_POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                            1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+
+cdef inline bint fast_decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
+    # Clinger's fast path for text already checked by is_float_text: when the digits
+    # make an integer m <= 2**53 and the decimal exponent e is within [-22, 22], m and
+    # 10**|e| are exact doubles and one IEEE multiply/divide rounds correctly, exactly
+    # as strtod (and Python's float()) would. Returns False to leave it to strtod.
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t mantissa = 0
+    cdef int digits = 0          # significant digits in mantissa
+    cdef int exp10 = 0
+    cdef int exp_part = 0
+    cdef bint exp_negative = False
+    cdef bint negative = False
+    cdef unsigned char c
+    cdef double value
+    if s[0] == b'+' or s[0] == b'-':
+        negative = s[0] == b'-'
+        pos = 1
+    while pos < n:
+        c = s[pos]
+        if not is_digit(c):
+            break
+        if mantissa or c != b'0':
+            if digits == 19:
+                return False
+            mantissa = mantissa * 10 + (c - 48)
+            digits += 1
+        pos += 1
+    if pos < n and s[pos] == b'.':
+        pos += 1
+        while pos < n:
+            c = s[pos]
+            if not is_digit(c):
+                break
+            if mantissa or c != b'0':
+                if digits == 19:
+                    return False
+                mantissa = mantissa * 10 + (c - 48)
+                digits += 1
+            exp10 -= 1
+            pos += 1
+    if pos < n:  # an exponent (the grammar was checked)
+        pos += 1
+        if s[pos] == b'+' or s[pos] == b'-':
+            exp_negative = s[pos] == b'-'
+            pos += 1
+        while pos < n:
+            if exp_part > 1000:
+                return False
+            exp_part = exp_part * 10 + (s[pos] - 48)
+            pos += 1
+        exp10 += -exp_part if exp_negative else exp_part
+    if mantissa > (<uint64_t>1 << 53):
+        return False
+    value = <double>mantissa
+    if mantissa == 0:
+        pass
+    elif 0 <= exp10 <= 22:
+        value = value * EXACT_POW10[exp10]
+    elif -22 <= exp10 < 0:
+        value = value / EXACT_POW10[-exp10]
+    else:
+        return False
+    out[0] = -value if negative else value
+    return True
+
+
 cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef char local[128]
     cdef char* text = local
@@ -212,6 +289,8 @@ cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noex
     cdef int rc
     if not is_float_text(s, n):
         return ERR_BAD_VALUE
+    if fast_decimal(s, n, &value):
+        return float_store(col, value)
     # strtod needs a NUL-terminated copy; the grammar check above keeps it to decimals.
     if n >= 128:
         text = <char*>PyMem_RawMalloc(<size_t>n + 1)
@@ -222,6 +301,11 @@ cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noex
     value = strtod(text, NULL)
     if text != local:
         PyMem_RawFree(text)
+    return float_store(col, value)
+
+
+cdef inline int float_store(Column* col, double value) noexcept nogil:
+    cdef float narrow
     if isinf(value):
         return ERR_OUT_OF_RANGE
     if col.code == TYPE_FLOAT32:
@@ -232,6 +316,7 @@ cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noex
     return col_append_value(col, <const char*>&value, 8, 0)
 
 
+@cython.cdivision(True)
 cdef inline int64_t days_from_civil(int64_t year, int64_t month, int64_t day) noexcept nogil:
     # Howard Hinnant's algorithm; floor division done by hand for negative years.
     cdef int64_t era, yoe, doy, doe
@@ -265,6 +350,7 @@ cdef inline int digits_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos, 
     return value
 
 
+@cython.cdivision(True)
 cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     # Accepted forms: see _pyparser._parse_datetime.
     cdef bint date_only = col.code == TYPE_DATE
@@ -277,6 +363,35 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
     cdef uint16_t day_value
     cdef uint32_t second_value
     cdef Py_ssize_t start
+    cdef unsigned int bad
+    if n == 19 and s[4] == b'-' and s[7] == b'-' and (s[10] == b' ' or s[10] == b'T') \
+            and s[13] == b':' and s[16] == b':':
+        # Fast path for the common "YYYY-MM-DD hh:mm:ss": same checks, no offsets.
+        bad = 0
+        for pos in (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18):
+            bad |= <unsigned int>(<unsigned char>(s[pos] - 48) > 9)
+        if bad:
+            return ERR_BAD_VALUE
+        year = (s[0] - 48) * 1000 + (s[1] - 48) * 100 + (s[2] - 48) * 10 + (s[3] - 48)
+        month = (s[5] - 48) * 10 + (s[6] - 48)
+        day = (s[8] - 48) * 10 + (s[9] - 48)
+        hour = (s[11] - 48) * 10 + (s[12] - 48)
+        minute = (s[14] - 48) * 10 + (s[15] - 48)
+        second = (s[17] - 48) * 10 + (s[18] - 48)
+        if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month) \
+                or hour > 23 or minute > 59 or second > 59:
+            return ERR_BAD_VALUE
+        days = days_from_civil(year, month, day)
+        if date_only:
+            if days < 0 or days > 0xFFFF:
+                return ERR_OUT_OF_RANGE
+            day_value = <uint16_t>days
+            return col_append_value(col, <const char*>&day_value, 2, 0)
+        seconds = days * 86400 + hour * 3600 + minute * 60 + second
+        if seconds < 0 or seconds > 0xFFFFFFFFLL:
+            return ERR_OUT_OF_RANGE
+        second_value = <uint32_t>seconds
+        return col_append_value(col, <const char*>&second_value, 4, 0)
     if n and is_digit(s[0]) and (n < 5 or s[4] != b'-'):
         # Epoch seconds, or milliseconds from 1e11 on; a fraction is truncated.
         if not is_float_text(s, n):

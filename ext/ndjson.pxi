@@ -5,6 +5,22 @@
 # other value is validated and skipped. The whole row is validated as JSON (RFC 8259,
 # UTF-8), so a row is either stored whole or quarantined whole.
 
+# Bytes that end the plain-ASCII run of a JSON string: '"', '\\', controls, non-ASCII.
+cdef unsigned char STRING_STOP[256]
+for _byte in range(256):
+    STRING_STOP[_byte] = _byte == 0x22 or _byte == 0x5C or _byte < 0x20 or _byte >= 0x80
+
+
+cdef inline bint bytes_equal(const unsigned char* a, const unsigned char* b,
+                             Py_ssize_t n) noexcept nogil:
+    # Object keys are short: an inline loop beats a call to memcmp.
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
 cdef class NDJSONParser(_ParserCore):
     # Path trie, flattened; node 0 is the row object.
     cdef int _nnodes
@@ -16,6 +32,8 @@ cdef class NDJSONParser(_ParserCore):
     cdef Py_ssize_t* _key_off   # per node: its key in _keys
     cdef Py_ssize_t* _key_len
     cdef Buf _keys              # all keys' UTF-8 bytes
+    cdef int* _parent           # per node: its parent node (-1 for the root)
+    cdef int _hint              # the node tried first by _find_child, or -1
 
     def __cinit__(self, *args, **kwargs):
         self._first_child = NULL
@@ -25,6 +43,8 @@ cdef class NDJSONParser(_ParserCore):
         self._leaves = NULL
         self._key_off = NULL
         self._key_len = NULL
+        self._parent = NULL
+        self._hint = -1
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         super().__init__(columns, max_row_bytes=max_row_bytes)
@@ -52,15 +72,17 @@ cdef class NDJSONParser(_ParserCore):
         self._leaves = <int*>PyMem_Malloc(sizeof(int) * max(self._ncols, 1))
         self._key_off = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * count)
         self._key_len = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * count)
+        self._parent = <int*>PyMem_Malloc(sizeof(int) * count)
         if (self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
-                or self._key_len == NULL):
+                or self._key_len == NULL or self._parent == NULL):
             raise MemoryError()
         for i in range(count):
             self._first_child[i] = -1
             self._next_sibling[i] = -1
             self._key_off[i] = 0
             self._key_len[i] = 0
+            self._parent[i] = -1
             self._leaf_start[i] = leaf_pos
             self._leaf_count[i] = len(nodes[i][1])
             for column in nodes[i][1]:
@@ -71,6 +93,7 @@ cdef class NDJSONParser(_ParserCore):
             for raw, child in nodes[i][0].items():
                 self._key_off[child] = self._keys.len
                 self._key_len[child] = len(raw)
+                self._parent[child] = i
                 if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
                     raise MemoryError()
                 if previous < 0:
@@ -87,6 +110,7 @@ cdef class NDJSONParser(_ParserCore):
         PyMem_Free(self._leaves)
         PyMem_Free(self._key_off)
         PyMem_Free(self._key_len)
+        PyMem_Free(self._parent)
         buf_free(&self._keys)
 
     def feed(self, data):
@@ -290,16 +314,25 @@ cdef class NDJSONParser(_ParserCore):
     cdef int _find_child(self, int node, const unsigned char* key, Py_ssize_t length,
                          bint escaped) noexcept nogil:
         # The child of node whose key equals this (raw) JSON key, -1 if none, -2 if OOM.
-        cdef int child = self._first_child[node]
+        cdef int child = self._hint
         if escaped:
             self._scratch.len = 0
             if self._unescape(&self._scratch, key, length) < 0:
                 return -2
             key = <const unsigned char*>self._scratch.ptr
             length = self._scratch.len
+        # Rows usually repeat the previous row's key order: first try the sibling after
+        # the key matched last.
+        if child >= 0 and self._parent[child] == node and self._key_len[child] == length \
+                and bytes_equal(<const unsigned char*>self._keys.ptr + self._key_off[child],
+                                key, length):
+            self._hint = self._next_sibling[child]
+            return child
+        child = self._first_child[node]
         while child >= 0:
-            if self._key_len[child] == length and memcmp(self._keys.ptr + self._key_off[child],
-                                                         key, <size_t>length) == 0:
+            if self._key_len[child] == length and bytes_equal(
+                    <const unsigned char*>self._keys.ptr + self._key_off[child], key, length):
+                self._hint = self._next_sibling[child]
                 return child
             child = self._next_sibling[child]
         return -1
@@ -344,11 +377,8 @@ cdef class NDJSONParser(_ParserCore):
         cdef Py_ssize_t step
         pos += 1
         while True:
-            # Fast path: plain ASCII.
-            while pos < end:
-                c = row[pos]
-                if c == b'"' or c == b'\\' or c < 0x20 or c >= 0x80:
-                    break
+            # Fast path: plain ASCII, one table lookup per byte.
+            while pos < end and not STRING_STOP[row[pos]]:
                 pos += 1
             if pos >= end:
                 return self._fail(ERR_INVALID_JSON, -1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,35 @@ class Writer:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.sink.close()
+
+
+class ReaderPool:
+    """Queries run here, beside the writer, so a slow query never holds up inserts.
+
+    One thread per sink (each sink is one connection); a call takes a free sink.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self._free: queue.SimpleQueue[Sink] = queue.SimpleQueue()
+        for sink in sinks:
+            self._free.put(sink)
+        self._sinks = list(sinks)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(sinks), thread_name_prefix="tinyingest-reader")
+
+    async def run(self, call: Callable[[Sink], T]) -> T:
+        def with_sink() -> T:
+            sink = self._free.get()
+            try:
+                return call(sink)
+            finally:
+                self._free.put(sink)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, with_sink)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for sink in self._sinks:
+            sink.close()
 
 
 @dataclass(slots=True)

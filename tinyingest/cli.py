@@ -50,6 +50,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     from tinyingest.auth import Authorizer
     from tinyingest.gateway import Gateway
     from tinyingest.routes import make_app
+    from tinyingest.template import TemplateError
 
     try:
         project = load_project(settings.project_dir)
@@ -62,8 +63,15 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     sink = make_sink(settings)
     # Each worker owns its spool; a single process keeps the plain name.
     spool_dir = "spool" if worker is None else f"spool-{worker}"
-    gateway = Gateway(settings, sink, project, spool_dir=spool_dir)
-    await gateway.start()
+    # Queries get connections of their own on a server; chDB is one engine per process.
+    readers = [make_sink(settings) for _ in range(settings.query_connections)] \
+        if settings.clickhouse_url else []
+    gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers)
+    try:
+        await gateway.start()
+    except TemplateError as exc:  # a pipe that cannot compile: like a datafile error
+        log.error("pipe error: %s", exc)
+        return 2
     server = HTTPServer(
         make_app(gateway, Authorizer(token)),
         # Tornado's defaults are unsafe for ingestion: 3600 s for headers, no body timeout.

@@ -12,18 +12,20 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tinyingest import ddl, metrics, parser
-from tinyingest.batcher import TableBatcher, Writer
+from tinyingest.batcher import ReaderPool, TableBatcher, Writer
 from tinyingest.config import Settings
-from tinyingest.datafiles import DataSource, Project
+from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
 from tinyingest.idempotency import RecentRequests
 from tinyingest.block import EncodedBlock
 from tinyingest.native import encode_block
+from tinyingest.pipes import CompiledQuery, check_pipe, compile_endpoint, compile_node
 from tinyingest.quarantine import quarantine_rows, refused_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import QueryResult, Sink, SinkError
@@ -54,11 +56,13 @@ class Table:
 
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
-                 spool_dir: str = "spool") -> None:
+                 spool_dir: str = "spool", readers: Sequence[Sink] = ()) -> None:
+        """:param readers: connections for queries; none: queries share the writer's."""
         self.settings = settings
         self.sink = sink
         self.project = project
         self.writer = Writer(sink)
+        self.readers = ReaderPool(readers) if readers else None
         self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
@@ -83,6 +87,9 @@ class Gateway:
         for datasource in self.project.datasources.values():
             await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
             self.tables[datasource.name] = self._table(datasource)
+        for pipe in self.project.pipes.values():
+            check_pipe(pipe, self.readable_tables(), pipes=self.project.pipes)
+        await self.writer.run(lambda: self._create_views(database))
         log.info("parser: %s; backend: %s (%s); data sources: %s", parser.IMPLEMENTATION,
                  self.sink.name, self.sink, ", ".join(sorted(self.tables)) or "none")
         await self._replay()
@@ -158,11 +165,55 @@ class Gateway:
             created_at=time.time(),
         )
 
-    async def query(self, sql: str) -> QueryResult:
-        settings = self.settings
-        return await self.writer.run(lambda: self.sink.query(
-            sql, readonly=True, max_execution_time=settings.query_timeout,
-            max_result_rows=settings.query_max_rows))
+    async def query(self, sql: str, *, query_id: str | None = None,
+                    settings: dict[str, Any] | None = None) -> QueryResult:
+        """A read-only SELECT under the query time and result-row limits."""
+        limits = self.settings
+
+        def run(sink: Sink) -> QueryResult:
+            return sink.query(sql, readonly=True, max_execution_time=limits.query_timeout,
+                              max_result_rows=limits.query_max_rows, query_id=query_id,
+                              settings=settings)
+        if self.readers is not None:
+            return await self.readers.run(run)
+        return await self.writer.run(lambda: run(self.sink))
+
+    async def cancel(self, query_id: str) -> None:
+        """Stop a query whose client went away (ClickHouse would run it on for minutes)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.cancel, query_id)
+        except SinkError as exc:
+            log.warning("could not cancel query %s: %s", query_id, exc)
+
+    def readable_tables(self) -> set[str]:
+        """What endpoint and /v0/sql queries may read: data sources and quarantines."""
+        names = set(self.tables)
+        names.update(t.datasource.quarantine_name for t in self.tables.values())
+        return names
+
+    def compile_sql(self, q: str, params: Mapping[str, str | list[str]]) -> CompiledQuery:
+        """``/v0/sql``: a query (a template if it starts with %) over data sources and pipes."""
+        adhoc = Pipe("_sql", "", (Node("_sql", q),))
+        return compile_node(adhoc, "_sql", params, self.readable_tables(),
+                            pipes=self.project.pipes)
+
+    def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]]) -> CompiledQuery:
+        return compile_endpoint(pipe, params, self.readable_tables(), pipes=self.project.pipes)
+
+    def _create_views(self, database: str) -> None:
+        """Materialized pipes: a ClickHouse materialized view per node, ``TO`` its target,
+        so rows are pre-aggregated as they are inserted."""
+        for pipe in self.project.pipes.values():
+            for node in pipe.nodes:
+                if node.type != "materialized" or node.datasource is None:
+                    continue
+                select = compile_node(pipe, node.name, {}, self.readable_tables(),
+                                      pipes=self.project.pipes).sql
+                view = ddl.quote_identifier(f"{pipe.name}__{node.name}")
+                self.sink.execute(
+                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ddl.quote_identifier(database)}."
+                    f"{view} TO {ddl.quote_identifier(database)}."
+                    f"{ddl.quote_identifier(node.datasource)} AS {select}")
 
     async def close(self) -> None:
         for table in self.tables.values():
@@ -170,6 +221,8 @@ class Gateway:
             await table.quarantine.close()
         self.spool.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
+        if self.readers is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.readers.close)
 
 
 class Ingest:

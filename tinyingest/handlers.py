@@ -8,8 +8,11 @@ which Tinybird's clients require.
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import datetime
 import decimal
+import io
 import json
 import logging
 import os
@@ -21,11 +24,14 @@ from tornado import web
 
 from tinyingest import parser
 from tinyingest.auth import Authorizer, request_token
+from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
+from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
+from tinyingest.template import TemplateError
 
 log = logging.getLogger("tinyingest.http")
 
@@ -373,45 +379,256 @@ def datasource_json(table: Table) -> dict[str, Any]:
 
 _TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
+#: Output formats: URL extension or FORMAT name -> (content type, writer).
+_FORMATS = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "csvwithnames": "text/csv; charset=utf-8",
+    "ndjson": "application/x-ndjson",
+    "jsoneachrow": "application/x-ndjson",
+}
 
-class SQLHandler(BaseHandler):
-    """``GET|POST /v0/sql?q=SELECT ...``: read-only queries, ClickHouse's JSON output."""
+
+class QueryHandler(BaseHandler):
+    """Shared by pipe endpoints and ``/v0/sql``: parameters, execution, output formats."""
+
+    _query_id: str | None = None
+
+    def request_params(self) -> dict[str, str | list[str]]:
+        """Query-string and body parameters; a repeated key gives a list (Array params)."""
+        merged: dict[str, list[str]] = {}
+        for name, values in self.request.query_arguments.items():
+            merged.setdefault(name, []).extend(v.decode("utf-8", "replace") for v in values)
+        content_type = self.request.headers.get("Content-Type", "")
+        if self.request.method == "POST" and content_type.startswith("application/json"):
+            try:
+                body = json.loads(self.request.body or b"{}")
+            except ValueError:
+                raise APIError(400, "the body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise APIError(400, "the JSON body must be an object of parameters")
+            for name, value in body.items():
+                values = value if isinstance(value, list) else [value]
+                merged.setdefault(name, []).extend(
+                    v if isinstance(v, str) else json.dumps(v) for v in values)
+        else:
+            for name, raw in self.request.body_arguments.items():
+                merged.setdefault(name, []).extend(v.decode("utf-8", "replace") for v in raw)
+        return {name: values[0] if len(values) == 1 else values
+                for name, values in merged.items()}
+
+    async def run_query(self, compiled: CompiledQuery, sql: str, output: str) -> None:
+        self._query_id = uuid.uuid4().hex
+        try:
+            result = await self.gateway.query(sql, query_id=self._query_id,
+                                              settings=compiled.settings)
+        except SinkError as error:
+            if error.code == 159:  # TIMEOUT_EXCEEDED
+                raise APIError(408, f"query timeout: {error}") from None
+            if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES
+                raise APIError(400, f"result too large: {error}") from None
+            raise APIError(400, str(error)) from None
+        finally:
+            self._query_id = None
+        if self._finished:
+            return
+        self.write_result(result, output)
+
+    def on_connection_close(self) -> None:
+        # The client is gone: stop its query in ClickHouse rather than let it run on.
+        if self._query_id is not None:
+            asyncio.ensure_future(self.gateway.cancel(self._query_id))
+
+    def write_result(self, result: QueryResult, output: str) -> None:
+        names = [name for name, _ in result.meta]
+        self.set_header("Content-Type", _FORMATS[output])
+        if output == "json":
+            body = query_json(result)
+            self.finish(json.dumps(body, default=_json_value))
+        elif output in ("ndjson", "jsoneachrow"):
+            self.finish("".join(json.dumps(dict(zip(names, row)), default=_json_value) + "\n"
+                                for row in result.rows))
+        else:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            if output == "csvwithnames":
+                writer.writerow(names)
+            writer.writerows([_csv_value(v) for v in row] for row in result.rows)
+            self.finish(buffer.getvalue())
+
+    async def _handle(self, coro: Any) -> None:
+        try:
+            await super()._handle(coro)
+        except TemplateError as error:
+            self.set_status(error.status)
+            self.send_json(error.status, error.body if error.body is not None
+                           else {"error": str(error)})
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return "\\N"
+    if isinstance(value, (datetime.date, decimal.Decimal, uuid.UUID, list, tuple, bytes)):
+        return _json_value(value) if not isinstance(value, (list, tuple)) else json.dumps(
+            value, default=_json_value)
+    return value
+
+
+class SQLHandler(QueryHandler):
+    """``GET|POST /v0/sql?q=SELECT ...``: read-only, over data sources and pipes.
+
+    ``q`` comes from the query string, a form field, or the raw body. A ``q`` starting
+    with ``%`` is a template rendered with the other parameters. JSON by default;
+    a trailing ``FORMAT`` picks CSV, CSVWithNames, JSONEachRow or JSON.
+    """
 
     async def get(self) -> None:
-        await self._handle(self._query(self.get_query_argument("q", None)))
+        await self._handle(self._query())
 
     async def post(self) -> None:
-        q = self.get_argument("q", None)
-        if q is None:
-            q = self.request.body.decode("utf-8", "replace")
-        await self._handle(self._query(q))
+        await self._handle(self._query())
 
-    async def _query(self, q: str | None) -> None:
+    async def _query(self) -> None:
         self.require_admin()
+        params = self.request_params()
+        q = params.pop("q", None)
+        if q is None and self.request.method == "POST" and not self.request.body_arguments:
+            q = self.request.body.decode("utf-8", "replace")
+        if isinstance(q, list):
+            q = q[-1]
         if not q or not q.strip():
             raise APIError(400, "the 'q' parameter is required")
         sql = q.strip().rstrip(";")
+        output = "json"
         match = _TRAILING_FORMAT.search(sql)
         if match:
-            if match.group(1).upper() != "JSON":
-                raise APIError(400, f"FORMAT {match.group(1)} is not supported yet; use JSON")
+            output = match.group(1).lower()
+            if output not in _FORMATS:
+                raise APIError(400, f"FORMAT {match.group(1)} is not supported: use JSON, CSV, "
+                                    "CSVWithNames or JSONEachRow")
             sql = sql[: match.start()]
-        try:
-            result = await self.gateway.query(sql)
-        except SinkError as error:
-            raise APIError(408 if error.code == 159 else 400, str(error)) from None
-        self.send_json(200, query_json(result))
+        compiled = self.gateway.compile_sql(sql, params)
+        await self.run_query(compiled, compiled.sql, output)
 
 
 def query_json(result: QueryResult) -> dict[str, Any]:
+    """ClickHouse's JSON output format, as Tinybird's clients read it."""
     names = [name for name, _ in result.meta]
     return {
         "meta": [{"name": name, "type": ch_type} for name, ch_type in result.meta],
         "data": [dict(zip(names, row)) for row in result.rows],
         "rows": len(result.rows),
+        "rows_before_limit_at_least": max(result.rows_before_limit, len(result.rows)),
         "statistics": {"elapsed": result.elapsed, "rows_read": result.rows_read,
                        "bytes_read": result.bytes_read},
     }
+
+
+class PipeDataHandler(QueryHandler):
+    """``GET|POST /v0/pipes/<name>.(json|csv|ndjson)``: a pipe's endpoint, with parameters."""
+
+    async def get(self, name: str, extension: str) -> None:
+        await self._handle(self._serve(name, extension))
+
+    async def post(self, name: str, extension: str) -> None:
+        await self._handle(self._serve(name, extension))
+
+    async def _serve(self, name: str, extension: str) -> None:
+        self.require_admin()
+        output = extension.lower()
+        if output not in _FORMATS:
+            raise APIError(400, f"format .{extension} is not supported: .json, .csv, .ndjson")
+        pipe = self.gateway.project.pipes.get(name)
+        if pipe is None:
+            raise APIError(404, f"pipe '{name}' not found")
+        params = self.request_params()
+        compiled = self.gateway.compile_pipe(pipe, params)
+        sql = compiled.sql
+        q = params.get("q")
+        if q:
+            sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
+                          self.gateway.readable_tables())
+        await self.run_query(compiled, sql, output)
+
+
+def pipe_json(pipe: Pipe) -> dict[str, Any]:
+    endpoint = pipe.endpoint
+    return {
+        "id": "t_" + uuid.uuid5(uuid.NAMESPACE_DNS, "pipe:" + pipe.name).hex,
+        "name": pipe.name,
+        "description": pipe.description,
+        "type": "endpoint" if endpoint is not None else (
+            "materialized" if any(n.type == "materialized" for n in pipe.nodes) else "default"),
+        "endpoint": endpoint.name if endpoint is not None else None,
+        "nodes": [{"name": node.name, "sql": node.sql, "node_type": node.type,
+                   "description": node.description, "materialized": node.datasource
+                   if node.type == "materialized" else None} for node in pipe.nodes],
+        "params": [{"name": p.name, "type": p.type, "default": p.default,
+                    "description": p.description, "required": bool(p.required)}
+                   for p in pipe_parameters(pipe)],
+        "url": f"/v0/pipes/{pipe.name}.json" if endpoint is not None else None,
+    }
+
+
+class PipesHandler(BaseHandler):
+    """``GET /v0/pipes`` and ``GET /v0/pipes/<name>``."""
+
+    async def get(self, name: str | None = None) -> None:
+        await self._handle(self._get(name))
+
+    async def _get(self, name: str | None) -> None:
+        self.require_admin()
+        pipes = self.gateway.project.pipes
+        if name is None:
+            self.send_json(200, {"pipes": [pipe_json(p) for p in pipes.values()]})
+            return
+        pipe = pipes.get(name)
+        if pipe is None:
+            raise APIError(404, f"pipe '{name}' not found")
+        self.send_json(200, pipe_json(pipe))
+
+
+_OPENAPI_TYPES = {"Int": "integer", "UInt": "integer", "Float": "number", "Boolean": "boolean",
+                  "Array": "array"}
+
+
+class OpenAPIHandler(BaseHandler):
+    """``GET /v0/pipes/openapi.json``: OpenAPI 3 for every endpoint and its parameters."""
+
+    async def get(self) -> None:
+        await self._handle(self._get())
+
+    async def _get(self) -> None:
+        self.require_admin()
+        paths: dict[str, Any] = {}
+        for pipe in self.gateway.project.pipes.values():
+            if pipe.endpoint is None:
+                continue
+            parameters = []
+            for param in pipe_parameters(pipe):
+                kind = next((v for k, v in _OPENAPI_TYPES.items() if param.type.startswith(k)),
+                            "string")
+                schema: dict[str, Any] = {"type": kind}
+                if kind == "array":
+                    schema["items"] = {"type": "string"}
+                if param.default is not None:
+                    schema["default"] = param.default
+                parameters.append({"name": param.name, "in": "query",
+                                   "required": bool(param.required),
+                                   "description": param.description or "",
+                                   "schema": schema})
+            paths[f"/v0/pipes/{pipe.name}.json"] = {"get": {
+                "summary": pipe.description or pipe.name,
+                "parameters": parameters,
+                "responses": {"200": {"description": "ClickHouse JSON output"},
+                              "400": {"description": "invalid parameter"}},
+            }}
+        self.send_json(200, {"openapi": "3.0.3",
+                             "info": {"title": "tinyingest endpoints", "version": "1.0"},
+                             "paths": paths,
+                             "components": {"securitySchemes": {"bearer": {
+                                 "type": "http", "scheme": "bearer"}}},
+                             "security": [{"bearer": []}]})
 
 
 class HealthHandler(BaseHandler):

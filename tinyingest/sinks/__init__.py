@@ -33,6 +33,7 @@ class QueryResult:
     rows_read: int
     bytes_read: int
     elapsed: float
+    rows_before_limit: int = 0
 
 
 class Sink(Protocol):
@@ -46,7 +47,11 @@ class Sink(Protocol):
         """Insert all rows of ``block`` into ``table`` as one INSERT, or raise SinkError."""
 
     def query(self, sql: str, *, readonly: bool = True, max_execution_time: float = 10.0,
-              max_result_rows: int = 0) -> QueryResult:
+              max_result_rows: int = 0, query_id: str | None = None,
+              settings: dict[str, Any] | None = None) -> QueryResult:
         """Run a SELECT; with ``readonly`` the query cannot change data or settings."""
+
+    def cancel(self, query_id: str) -> None:
+        """Stop the running query ``query_id`` (best effort)."""
 
     def close(self) -> None: ...

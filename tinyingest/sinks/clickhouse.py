@@ -153,6 +153,8 @@ class ClickHouseSink:
         readonly: bool = True,
         max_execution_time: float = 10.0,
         max_result_rows: int = 0,
+        query_id: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> QueryResult:
         """Run a SELECT and return all its rows.
 
@@ -160,10 +162,12 @@ class ClickHouseSink:
         :param max_execution_time: seconds ClickHouse may run the query (0: no limit).
         :param max_result_rows: with a value > 0, fail (``result_overflow_mode='throw'``)
             instead of returning more rows.
+        :param query_id: ClickHouse's query id, for :meth:`cancel`.
+        :param settings: more settings (e.g. ``max_threads``), applied before the limits.
         :raises SinkError: the server refused the query, a limit was hit, or the server
             could not be reached.
         """
-        settings: dict[str, Any] = {}
+        settings = dict(settings or {})
         if max_execution_time > 0:
             # Seconds are integers on old servers; round up so that 0.5 does not mean "none".
             settings["max_execution_time"] = max(1, int(-(-max_execution_time // 1)))
@@ -174,20 +178,36 @@ class ClickHouseSink:
             settings["readonly"] = 1  # last: the limits above are applied before it
         start = time.monotonic()
         with self._errors():
-            rows, columns = self._client.execute(sql, settings=settings, with_column_types=True)
+            rows, columns = self._client.execute(sql, settings=settings, with_column_types=True,
+                                                 query_id=query_id or "")
             last = self._client.last_query
         elapsed = time.monotonic() - start
-        rows_read = bytes_read = 0
+        rows_read = bytes_read = rows_before_limit = 0
         if last is not None and last.progress is not None:
             rows_read = int(last.progress.rows)
             bytes_read = int(last.progress.bytes)
+        if last is not None and last.profile_info is not None:
+            rows_before_limit = int(last.profile_info.rows_before_limit or 0)
         return QueryResult(
             meta=[(str(name), str(ch_type)) for name, ch_type in columns],
             rows=[tuple(row) for row in rows],
             rows_read=rows_read,
             bytes_read=bytes_read,
             elapsed=elapsed,
+            rows_before_limit=rows_before_limit,
         )
+
+    def cancel(self, query_id: str) -> None:
+        """Stop a running query (its client went away), from a connection of its own."""
+        client = Client(host=self.host, port=self.port, user=self._client.connection.user,
+                        password=self._client.connection.password,
+                        secure=self._client.connection.secure_socket, connect_timeout=5,
+                        send_receive_timeout=10)
+        try:
+            with self._errors():
+                client.execute("KILL QUERY WHERE query_id = %(id)s ASYNC", {"id": query_id})
+        finally:
+            client.disconnect()
 
     def insert(self, table: str, block: EncodedBlock) -> None:
         """Insert ``block`` into ``table`` as one INSERT.

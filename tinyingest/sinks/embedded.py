@@ -147,12 +147,19 @@ class EmbeddedSink:
         readonly: bool = True,
         max_execution_time: float = 10.0,
         max_result_rows: int = 0,
+        query_id: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> QueryResult:
         """Run a SELECT and return all its rows (see :meth:`ClickHouseSink.query`).
+
+        ``query_id`` is not used: an embedded query ends at its time limit.
 
         :raises SinkError: ClickHouse refused the query or a limit was hit.
         """
         connection = self._reader(readonly, max_execution_time, max_result_rows)
+        if settings:
+            sql += " SETTINGS " + ", ".join(f"{name} = {int(value)}"
+                                            for name, value in settings.items())
         try:
             result = connection.query(sql, "Native")
             data = result.bytes()
@@ -170,6 +177,9 @@ class EmbeddedSink:
             raise
         except Exception as e:
             raise _sink_error(e) from e
+
+    def cancel(self, query_id: str) -> None:
+        """Not supported in-process: embedded queries stop at their time limit."""
 
     def close(self) -> None:
         """Close every connection; the engine shuts down with the last one."""

@@ -1,0 +1,193 @@
+"""Pipes published as HTTP endpoints, /v0/sql over them, and materialized pipes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import start_gateway
+from gatewayclient import call, ndjson, sql
+from tinyingest.testing import ClickHouseServer, GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def tag(gateway: GatewayProcess) -> str:
+    """Five events of one tag, stored once per gateway."""
+    value = uuid.uuid4().hex[:12]
+    body = ndjson({"id": i, "tag": value, "name": f"n{i}"} for i in range(5))
+    response = call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                    body=body)
+    assert response.status == 200, response.body
+    return value
+
+
+def test_endpoint_returns_clickhouse_json(gateway: GatewayProcess, tag: str) -> None:
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.json",
+                    params={"label": tag, "min_id": "2", "cli_version": "6.5.5", "from": "ts-sdk"})
+    assert response.status == 200, response.body
+    body = response.json()
+    assert body["meta"] == [{"name": "id", "type": "UInt64"}, {"name": "name", "type": "LowCardinality(String)"}]
+    assert body["data"] == [{"id": 2, "name": "n2"}, {"id": 3, "name": "n3"},
+                            {"id": 4, "name": "n4"}]
+    assert body["rows"] == 3
+    assert body["rows_before_limit_at_least"] >= 3
+    assert set(body["statistics"]) == {"elapsed", "rows_read", "bytes_read"}
+
+
+def test_endpoint_post_form_and_json_bodies(gateway: GatewayProcess, tag: str) -> None:
+    form = call(gateway, "POST", "/v0/pipes/events_by_tag.json",
+                body=f"label={tag}&limit=2".encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert [row["id"] for row in form.json()["data"]] == [0, 1]
+    as_json = call(gateway, "POST", "/v0/pipes/events_by_tag.json",
+                   body=json.dumps({"label": tag, "limit": 1}).encode(),
+                   headers={"Content-Type": "application/json"})
+    assert [row["id"] for row in as_json.json()["data"]] == [0]
+
+
+def test_endpoint_csv_and_ndjson(gateway: GatewayProcess, tag: str) -> None:
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.csv", params={"label": tag})
+    assert response.headers["content-type"].startswith("text/csv")
+    assert list(csv.reader(io.StringIO(response.body.decode())))[:2] == [["0", "n0"], ["1", "n1"]]
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.ndjson", params={"label": tag})
+    assert [json.loads(line) for line in response.body.splitlines()][0] == {"id": 0, "name": "n0"}
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({}, "label"),  # required parameter missing
+    ({"label": "x", "min_id": "abc"}, "UInt64"),
+    ({"label": "x", "limit": "1 OR 1=1"}, "Int"),
+    ({"label": "x", "limit": "5; DROP TABLE events"}, "Int"),
+])
+def test_bad_parameters_are_400_naming_the_type(gateway: GatewayProcess, params: dict[str, str],
+                                                needle: str) -> None:
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params=params)
+    assert response.status == 400
+    assert needle in response.json()["error"]
+
+
+def test_string_parameters_are_bound_as_literals(gateway: GatewayProcess, tag: str) -> None:
+    for attack in ["' OR 1=1 --", "x' UNION ALL SELECT 1, 'a' --", "\\", "\\'", "}}{%"]:
+        response = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params={"label": attack})
+        assert response.status == 200, (attack, response.body)
+        assert response.json()["data"] == []
+
+
+def test_q_runs_over_the_endpoint_result(gateway: GatewayProcess, tag: str) -> None:
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.json",
+                    params={"label": tag, "q": "SELECT count() AS c FROM _"})
+    assert response.status == 200, response.body
+    assert int(response.json()["data"][0]["c"]) == 5
+
+
+def test_pipe_listing_info_and_openapi(gateway: GatewayProcess) -> None:
+    names = {p["name"] for p in call(gateway, "GET", "/v0/pipes").json()["pipes"]}
+    assert {"events_by_tag", "tag_counts_mv"} <= names
+    info = call(gateway, "GET", "/v0/pipes/events_by_tag").json()
+    assert info["endpoint"] == "endpoint"
+    assert {p["name"] for p in info["params"]} == {"label", "min_id", "limit"}
+    assert call(gateway, "GET", "/v0/pipes/nope").status == 404
+    assert call(gateway, "GET", "/v0/pipes/nope.json").status == 404
+    spec = call(gateway, "GET", "/v0/pipes/openapi.json").json()
+    parameters = spec["paths"]["/v0/pipes/events_by_tag.json"]["get"]["parameters"]
+    assert {p["name"]: p["schema"]["type"] for p in parameters} == \
+        {"label": "string", "min_id": "integer", "limit": "integer"}
+
+
+def test_sql_reads_pipes_as_tables_and_honours_format(gateway: GatewayProcess, tag: str) -> None:
+    response = call(gateway, "GET", "/v0/sql",
+                    params={"q": "SELECT count() AS c FROM events_by_tag", "label": tag})
+    assert response.status == 200, response.body
+    assert int(response.json()["data"][0]["c"]) == 5
+    response = call(gateway, "GET", "/v0/sql", params={
+        "q": f"SELECT id FROM events WHERE tag = '{tag}' ORDER BY id FORMAT CSV"})
+    assert response.body.decode().split() == ["0", "1", "2", "3", "4"]
+    raw = call(gateway, "POST", "/v0/sql", body=b"SELECT 1 AS one FORMAT JSON",
+               headers={"Content-Type": "text/plain"})
+    assert raw.json()["data"] == [{"one": 1}]
+
+
+@pytest.mark.parametrize("q", ["SELECT * FROM system.users", "SELECT * FROM numbers(10)",
+                               "SELECT 1; DROP TABLE events", "DROP TABLE events"])
+def test_sql_refuses_other_tables_and_statements(gateway: GatewayProcess, q: str) -> None:
+    response = call(gateway, "GET", "/v0/sql", params={"q": q})
+    assert response.status in (400, 403)
+    assert "error" in response.json()
+    assert sql(gateway, "SELECT count() AS n FROM events")  # still there
+
+
+def test_materialized_pipe_aggregates_rows_as_they_arrive(gateway: GatewayProcess) -> None:
+    value = uuid.uuid4().hex[:12]
+    for _ in range(3):
+        body = ndjson({"id": i, "tag": value} for i in range(7))
+        assert call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                    body=body).status == 200
+    rows = sql(gateway, f"SELECT sum(n) AS n FROM tag_counts WHERE tag = '{value}'")
+    assert int(rows[0]["n"]) == 21
+
+
+@pytest.fixture(params=[1, 60], ids=["timeout-1s", "timeout-60s"])
+def slow_query_gateway(request: pytest.FixtureRequest, clickhouse_server: ClickHouseServer,
+                       tmp_path: Path) -> GatewayProcess:
+    gateway = start_gateway("clickhouse", tmp_path,
+                            {"TINYINGEST_QUERY_TIMEOUT": str(request.param)},
+                            server=clickhouse_server)
+    line = b'{"id": 1, "tag": "big"}\n'
+    body = (line * 100_000 for _ in range(20))  # 2M rows
+    assert call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                body=body).status == 200
+    yield gateway
+    assert gateway.stop() == 0
+
+
+# 500 hashes per row over 2M rows: about 8 s of work for ClickHouse, in many blocks (limits
+# and KILL QUERY take effect between blocks).
+RUNAWAY = ("SELECT count() AS c FROM events "
+           "WHERE NOT ignore(arraySum(arrayMap(x -> cityHash64(x), range(500 + id % 2))))")
+
+
+@pytest.mark.parametrize("slow_query_gateway", [1], indirect=True, ids=["timeout-1s"])
+def test_runaway_query_stops_at_the_timeout_with_408(slow_query_gateway: GatewayProcess) -> None:
+    response = call(slow_query_gateway, "GET", "/v0/sql", params={"q": RUNAWAY})
+    assert response.status == 408
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize("slow_query_gateway", [60], indirect=True, ids=["timeout-60s"])
+def test_disconnected_client_query_is_cancelled(slow_query_gateway: GatewayProcess,
+                                               clickhouse_server: ClickHouseServer) -> None:
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    marker = uuid.uuid4().hex
+    query = RUNAWAY + f" AND '{marker}' != ''"
+
+    def abandon() -> None:
+        try:
+            call(slow_query_gateway, "GET", "/v0/sql", params={"q": query}, timeout=0.3)
+        except OSError:
+            pass  # our timeout: the client hangs up
+    client = threading.Thread(target=abandon)
+    client.start()
+    client.join()
+    admin = ClickHouseSink(clickhouse_server.url)
+    try:
+        # The query would run for seconds more; cancelled, it ends within a block or two.
+        deadline = time.monotonic() + 1.0
+        running = 1
+        while time.monotonic() < deadline:
+            running = len(admin.query(
+                f"SELECT query_id FROM system.processes WHERE query LIKE '%{marker}%' "
+                "AND query NOT LIKE '%system.processes%'", readonly=False).rows)
+            if running == 0:
+                break
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    assert running == 0
