@@ -79,6 +79,8 @@ class Settings:
             "max_pending_bytes": _env_int("TINYINGEST_MAX_PENDING_BYTES", cls.max_pending_bytes),
             "query_timeout": _env_float("TINYINGEST_QUERY_TIMEOUT", cls.query_timeout),
             "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
+            "query_connections": _env_int("TINYINGEST_QUERY_CONNECTIONS",
+                                          cls.query_connections),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
