@@ -13,6 +13,7 @@ import csv
 import datetime
 import decimal
 import io
+import itertools
 import json
 import logging
 import os
@@ -389,6 +390,11 @@ _FORMATS = {
 }
 
 
+#: Query ids: unique per process run, cheap (ClickHouse only needs them for KILL QUERY).
+_QUERY_ID_PREFIX = f"tinyingest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_query_numbers = itertools.count()
+
+
 class QueryHandler(BaseHandler):
     """Shared by pipe endpoints and ``/v0/sql``: parameters, execution, output formats."""
 
@@ -418,7 +424,7 @@ class QueryHandler(BaseHandler):
                 for name, values in merged.items()}
 
     async def run_query(self, compiled: CompiledQuery, sql: str, output: str) -> None:
-        self._query_id = uuid.uuid4().hex
+        self._query_id = f"{_QUERY_ID_PREFIX}-{next(_query_numbers)}"
         try:
             result = await self.gateway.query(sql, query_id=self._query_id,
                                               settings=compiled.settings)

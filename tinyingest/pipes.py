@@ -39,6 +39,7 @@ Request options that clients add (api.md 0.4) are never template parameters
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -231,8 +232,13 @@ class _Reference:
     aliased: bool  # followed by AS x / an alias
 
 
+@functools.lru_cache(maxsize=4096)
 def _scan(sql: str) -> tuple[list[_Reference], list[tuple[str, int]]]:
-    """Table references, and top-level problems (``;``, FORMAT, INTO OUTFILE)."""
+    """Table references, and top-level problems (``;``, FORMAT, INTO OUTFILE).
+
+    Cached: endpoints are called again and again with the same parameters, and this
+    tokenizer is a good part of a request's cost. Callers must not change the lists.
+    """
     tokens = [t for t in _tokens(sql) if t.kind not in ("space", "comment")]
     references: list[_Reference] = []
     problems: list[tuple[str, int]] = []

@@ -65,6 +65,9 @@ def quote_table(table: str) -> str:
     return quote_identifier(table)
 
 
+#: Seconds of idleness after which a connection is pinged before it is used.
+_PING_AFTER_IDLE = 5.0
+
 # BlockInfo: field 1 is_overflows = 0, field 2 bucket_num = -1, then 0 (end of fields).
 _BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
 
@@ -129,6 +132,19 @@ class ClickHouseSink:
             client_name="tinyingest",
             settings=self._settings,
         )
+        self._last_used = 0.0
+        self._driver_force_connect = self._client.connection.force_connect
+        self._client.connection.force_connect = self._force_connect
+
+    def _force_connect(self) -> None:
+        # clickhouse-driver pings before every query: a round trip per endpoint request.
+        # Ping only a connection idle for a while; a dead one is reconnected on error.
+        connection = self._client.connection
+        if connection.connected and time.monotonic() - self._last_used < _PING_AFTER_IDLE:
+            connection.check_query_execution()
+        else:
+            self._driver_force_connect()
+        self._last_used = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<ClickHouseSink {self.host}:{self.port}/{self.database}>"
