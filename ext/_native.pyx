@@ -92,6 +92,7 @@ cdef class _ParserCore:
         cdef Column* col
         cdef bytes default
         cdef const unsigned char* text
+        cdef EnumEntry entry
         self._specs = list(columns)
         self._max_row_bytes = max_row_bytes
         self._ncols = len(self._specs)
@@ -109,6 +110,17 @@ cdef class _ParserCore:
             col.code = int(spec.type_code)
             col.width = _pyparser.FIXED_WIDTH[spec.type_code]
             col.nullable = spec.nullable
+            col.length = spec.length
+            col.scale = spec.scale
+            col.precision = spec.precision
+            for name, value in spec.enum_values:
+                entry.off = col.enum_names.len
+                entry.len = len(name)
+                entry.value = value
+                if buf_append(&col.enum_names, <const char*>name, len(name)) < 0 or \
+                        buf_append(&col.enum_entries, <const char*>&entry, sizeof(EnumEntry)) < 0:
+                    raise MemoryError()
+                col.enum_count += 1
             if col_end_string_init(col) < 0:
                 raise MemoryError()
             if spec.default_text is not None:
@@ -132,6 +144,8 @@ cdef class _ParserCore:
                 buf_free(&self._cols[i].offsets)
                 buf_free(&self._cols[i].nulls)
                 buf_free(&self._cols[i].default_value)
+                buf_free(&self._cols[i].enum_names)
+                buf_free(&self._cols[i].enum_entries)
             PyMem_Free(self._cols)
         PyMem_Free(self._slots)
         buf_free(&self._tail)
@@ -193,6 +207,7 @@ cdef class _ParserCore:
 
     # --- error records (nogil) ---
 
+    @cython.final
     cdef int _record_error(self, const char* line, Py_ssize_t line_len, int column, int code,
                            const char* value, Py_ssize_t value_len) noexcept nogil:
         cdef ErrRec rec
@@ -268,6 +283,7 @@ cdef class _ParserCore:
 
     # --- conversion of one row's slots (nogil) ---
 
+    @cython.final
     cdef int _fail_row(self, const char* row, Py_ssize_t n, int upto, int column, int code,
                        const char* value, Py_ssize_t value_len) noexcept nogil:
         # Undo columns [0, upto) of this row and record it as bad.
@@ -276,6 +292,7 @@ cdef class _ParserCore:
             col_undo_row(&self._cols[i])
         return self._record_error(row, n, column, code, value, value_len)
 
+    @cython.final
     cdef int _compact(self, Buf* out, const unsigned char* s, Py_ssize_t n) noexcept nogil:
         # Valid JSON text without whitespace outside strings.
         cdef Py_ssize_t pos = 0
@@ -304,6 +321,7 @@ cdef class _ParserCore:
             pos += 1
         return 0
 
+    @cython.final
     cdef int _unescape(self, Buf* out, const unsigned char* s, Py_ssize_t n) noexcept nogil:
         # JSON string content (already validated by the scan) -> UTF-8 appended to out.
         cdef Py_ssize_t pos = 0
@@ -334,6 +352,7 @@ cdef class _ParserCore:
             out.len += 1
         return 0
 
+    @cython.final
     cdef int _store(self, const char* row, Py_ssize_t n, int i) noexcept nogil:
         # Convert slot i into column i. Returns ERR_NONE, a row error (already
         # recorded, row undone) or ERR_NO_MEMORY.
@@ -382,6 +401,7 @@ cdef class _ParserCore:
                 return code if rc == ERR_NONE else rc
         return rc
 
+    @cython.final
     cdef int _store_all(self, const char* row, Py_ssize_t n) noexcept nogil:
         cdef int i
         cdef int rc

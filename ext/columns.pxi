@@ -9,7 +9,12 @@
 from libc.stdint cimport int64_t, uint64_t, int8_t, int16_t, int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport strtod
 cimport cython
+
+cdef extern from *:
+    # GCC/Clang's 128-bit integer, for the 256-bit limb arithmetic.
+    ctypedef unsigned long long uint128_t "unsigned __int128"
 from libc.math cimport isinf
+from libc.string cimport memcmp, memset
 from cpython.mem cimport PyMem_RawMalloc
 
 cdef struct Column:
@@ -21,6 +26,18 @@ cdef struct Column:
     Buf nulls           # Nullable only: 1 byte per row, 1 = NULL
     bint has_default    # a literal DEFAULT was declared
     Buf default_value   # that DEFAULT, already converted (value bytes)
+    Py_ssize_t length   # FixedString(N): N (its values are held like String's)
+    Buf enum_names      # Enum8/16: the names' bytes, concatenated
+    Buf enum_entries    # Enum8/16: EnumEntry array
+    Py_ssize_t enum_count
+    int scale           # DateTime64(p): p; Decimal(P, S): S
+    int precision       # Decimal(P, S): P
+
+
+cdef struct EnumEntry:
+    Py_ssize_t off      # the name, in enum_names
+    Py_ssize_t len
+    int value
 
 
 cdef inline bint is_digit(unsigned char c) noexcept nogil:
@@ -50,10 +67,17 @@ cdef int col_append_value(Column* col, const char* value, Py_ssize_t n, char nul
 
 
 cdef int col_append_zero(Column* col, char null_flag) noexcept nogil:
-    cdef char zeros[8]
-    cdef int i
-    for i in range(8):
-        zeros[i] = 0
+    # The type's zero: width zero bytes; FixedString(N): N zero bytes; String: ''.
+    cdef char zeros[32]
+    memset(zeros, 0, 32)
+    if col.code == TYPE_FIXED_STRING:
+        if buf_reserve(&col.values, col.length) < 0:
+            return ERR_NO_MEMORY
+        memset(col.values.ptr + col.values.len, 0, <size_t>col.length)
+        col.values.len += col.length
+        if col_end_string(col) < 0 or col_push_null_flag(col, null_flag) < 0:
+            return ERR_NO_MEMORY
+        return ERR_NONE
     return col_append_value(col, zeros, col.width, null_flag)
 
 
@@ -350,10 +374,51 @@ cdef inline int digits_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos, 
     return value
 
 
+cdef enum:
+    DT64_MIN_SECONDS = -2208988800LL    # 1900-01-01 00:00:00 (_pyparser._DT64_MIN)
+    DT64_MAX_SECONDS = 10413791999LL    # 2299-12-31 23:59:59
+
+cdef int64_t[10] POW10_I64 = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000,
+                              100000000, 1000000000]
+
+
+cdef int dt64_append(Column* col, int64_t seconds, const unsigned char* fraction,
+                     Py_ssize_t fraction_len, int millis) noexcept nogil:
+    # Int64 ticks: seconds * 10**p + the first p fraction digits (after the three digits
+    # of `millis` when it is >= 0: an epoch number in milliseconds).
+    cdef int p = col.scale
+    cdef int64_t sub = 0
+    cdef int taken = 0
+    cdef int64_t ticks
+    cdef Py_ssize_t i = 0
+    if seconds < DT64_MIN_SECONDS or seconds > DT64_MAX_SECONDS:
+        return ERR_OUT_OF_RANGE
+    if millis >= 0:
+        while taken < p and taken < 3:
+            sub = sub * 10 + (millis // (100 if taken == 0 else 10 if taken == 1 else 1)) % 10
+            taken += 1
+    while taken < p and i < fraction_len:
+        sub = sub * 10 + (fraction[i] - 48)
+        taken += 1
+        i += 1
+    while taken < p:
+        sub *= 10
+        taken += 1
+    if seconds > 0 and seconds > (0x7FFFFFFFFFFFFFFFLL - sub) // POW10_I64[p]:
+        return ERR_OUT_OF_RANGE
+    ticks = seconds * POW10_I64[p] + sub
+    return col_append_value(col, <const char*>&ticks, 8, 0)
+
+
 @cython.cdivision(True)
 cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     # Accepted forms: see _pyparser._parse_datetime.
-    cdef bint date_only = col.code == TYPE_DATE
+    cdef bint date32 = col.code == TYPE_DATE32
+    cdef bint date_only = col.code == TYPE_DATE or date32
+    cdef bint dt64 = col.code == TYPE_DATETIME64
+    cdef const unsigned char* fraction = NULL
+    cdef Py_ssize_t fraction_len = 0
+    cdef int32_t day32
     cdef Py_ssize_t pos
     cdef int64_t whole = 0
     cdef int64_t seconds, days
@@ -363,35 +428,6 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
     cdef uint16_t day_value
     cdef uint32_t second_value
     cdef Py_ssize_t start
-    cdef unsigned int bad
-    if n == 19 and s[4] == b'-' and s[7] == b'-' and (s[10] == b' ' or s[10] == b'T') \
-            and s[13] == b':' and s[16] == b':':
-        # Fast path for the common "YYYY-MM-DD hh:mm:ss": same checks, no offsets.
-        bad = 0
-        for pos in (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18):
-            bad |= <unsigned int>(<unsigned char>(s[pos] - 48) > 9)
-        if bad:
-            return ERR_BAD_VALUE
-        year = (s[0] - 48) * 1000 + (s[1] - 48) * 100 + (s[2] - 48) * 10 + (s[3] - 48)
-        month = (s[5] - 48) * 10 + (s[6] - 48)
-        day = (s[8] - 48) * 10 + (s[9] - 48)
-        hour = (s[11] - 48) * 10 + (s[12] - 48)
-        minute = (s[14] - 48) * 10 + (s[15] - 48)
-        second = (s[17] - 48) * 10 + (s[18] - 48)
-        if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month) \
-                or hour > 23 or minute > 59 or second > 59:
-            return ERR_BAD_VALUE
-        days = days_from_civil(year, month, day)
-        if date_only:
-            if days < 0 or days > 0xFFFF:
-                return ERR_OUT_OF_RANGE
-            day_value = <uint16_t>days
-            return col_append_value(col, <const char*>&day_value, 2, 0)
-        seconds = days * 86400 + hour * 3600 + minute * 60 + second
-        if seconds < 0 or seconds > 0xFFFFFFFFLL:
-            return ERR_OUT_OF_RANGE
-        second_value = <uint32_t>seconds
-        return col_append_value(col, <const char*>&second_value, 4, 0)
     if n and is_digit(s[0]) and (n < 5 or s[4] != b'-'):
         # Epoch seconds, or milliseconds from 1e11 on; a fraction is truncated.
         if not is_float_text(s, n):
@@ -406,8 +442,17 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             whole = whole * 10 + (s[pos] - 48)
             pos += 1
         seconds = whole // 1000 if whole >= 100000000000LL else whole
+        if dt64:
+            if pos < n:  # the '.'
+                fraction = s + pos + 1
+                fraction_len = n - pos - 1
+            return dt64_append(col, seconds, fraction, fraction_len,
+                               <int>(whole % 1000) if whole >= 100000000000LL else -1)
         if seconds > 0xFFFFFFFFLL:
             return ERR_OUT_OF_RANGE
+        if date32:
+            day32 = <int32_t>(seconds // 86400)
+            return col_append_value(col, <const char*>&day32, 4, 0)
         if date_only:
             day_value = <uint16_t>(seconds // 86400)
             return col_append_value(col, <const char*>&day_value, 2, 0)
@@ -443,6 +488,8 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
                     pos += 1
                 if pos == start:
                     return ERR_BAD_VALUE
+                fraction = s + start
+                fraction_len = pos - start
         if hour > 23 or minute > 59 or second > 59:
             return ERR_BAD_VALUE
         if pos < n and s[pos] == b'Z':
@@ -466,16 +513,379 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
         if pos != n:
             return ERR_BAD_VALUE
     days = days_from_civil(year, month, day)
+    if date32:
+        if days < DATE32_MIN or days > DATE32_MAX:
+            return ERR_OUT_OF_RANGE
+        day32 = <int32_t>days
+        return col_append_value(col, <const char*>&day32, 4, 0)
     if date_only:
         if days < 0 or days > 0xFFFF:
             return ERR_OUT_OF_RANGE
         day_value = <uint16_t>days
         return col_append_value(col, <const char*>&day_value, 2, 0)
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    if dt64:
+        return dt64_append(col, seconds, fraction, fraction_len, -1)
     if seconds < 0 or seconds > 0xFFFFFFFFLL:
         return ERR_OUT_OF_RANGE
     second_value = <uint32_t>seconds
     return col_append_value(col, <const char*>&second_value, 4, 0)
+
+
+cdef enum:
+    DATE32_MIN = -25567     # 1900-01-01, ClickHouse's Date32 range (_pyparser._DATE32_MIN)
+    DATE32_MAX = 120529     # 2299-12-31
+
+
+cdef int bool_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef char value
+    if (n == 4 and memcmp(s, b"true", 4) == 0) or (n == 1 and s[0] == b'1'):
+        value = 1
+    elif (n == 5 and memcmp(s, b"false", 5) == 0) or (n == 1 and s[0] == b'0'):
+        value = 0
+    else:
+        return ERR_BAD_VALUE
+    return col_append_value(col, &value, 1, 0)
+
+
+cdef int uuid_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # 8-4-4-4-12 hex -> two little-endian UInt64 halves, high half first (ClickHouse's UUID).
+    cdef uint64_t halves[2]
+    cdef Py_ssize_t pos
+    cdef int digits = 0
+    cdef unsigned int digit
+    if n != 36 or s[8] != b'-' or s[13] != b'-' or s[18] != b'-' or s[23] != b'-':
+        return ERR_BAD_VALUE
+    halves[0] = 0
+    halves[1] = 0
+    for pos in range(36):
+        if pos == 8 or pos == 13 or pos == 18 or pos == 23:
+            continue
+        digit = hex_digit(s[pos])
+        if digit > 15:
+            return ERR_BAD_VALUE
+        halves[digits >> 4] = (halves[digits >> 4] << 4) | digit
+        digits += 1
+    return col_append_value(col, <const char*>halves, 16, 0)
+
+
+cdef int ipv4_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef uint32_t value
+    if not ipv4_value(s, n, &value):
+        return ERR_BAD_VALUE
+    return col_append_value(col, <const char*>&value, 4, 0)
+
+
+cdef bint ipv4_value(const unsigned char* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
+    # Dotted quad, 1-3 digits per part, each <= 255 -> UInt32.
+    cdef uint32_t value = 0
+    cdef unsigned int part
+    cdef int parts = 0
+    cdef int digits
+    cdef Py_ssize_t pos = 0
+    while True:
+        part = 0
+        digits = 0
+        while pos < n and is_digit(s[pos]):
+            if digits == 3:
+                return False
+            part = part * 10 + (s[pos] - 48)
+            digits += 1
+            pos += 1
+        if digits == 0 or part > 255:
+            return False
+        value = (value << 8) | part
+        parts += 1
+        if parts == 4:
+            break
+        if pos >= n or s[pos] != b'.':
+            return False
+        pos += 1
+    if pos != n:
+        return False
+    out[0] = value
+    return True
+
+
+# --- 256-bit integers: four little-endian uint64 limbs --------------------------------
+
+cdef inline bint u256_mul10_add(uint64_t* v, unsigned int digit) noexcept nogil:
+    # v = v * 10 + digit; True if the result does not fit in 256 bits.
+    cdef uint128_t t
+    cdef uint64_t carry = digit
+    cdef int i
+    for i in range(4):
+        t = <uint128_t>v[i] * 10 + carry
+        v[i] = <uint64_t>t
+        carry = <uint64_t>(t >> 64)
+    return carry != 0
+
+
+cdef inline void u256_negate(uint64_t* v) noexcept nogil:
+    # Two's complement, in place.
+    cdef int i
+    cdef uint64_t carry = 1
+    for i in range(4):
+        v[i] = ~v[i] + carry
+        carry = 1 if (carry and v[i] == 0) else 0
+
+
+cdef int bigint_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Int128/UInt128/Int256/UInt256: as int_from_text, 16 or 32 little-endian bytes.
+    cdef uint64_t v[4]
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t i
+    cdef bint negative = False
+    cdef int code = col.code
+    cdef bint signed_type = code == TYPE_INT128 or code == TYPE_INT256
+    cdef int top = 1 if code == TYPE_INT128 or code == TYPE_UINT128 else 3  # highest limb
+    memset(v, 0, sizeof(v))
+    if n == 4 and memcmp(s, b"true", 4) == 0:
+        v[0] = 1
+        return col_append_value(col, <const char*>v, col.width, 0)
+    if n == 5 and memcmp(s, b"false", 5) == 0:
+        return col_append_value(col, <const char*>v, col.width, 0)
+    if n and (s[0] == b'+' or s[0] == b'-'):
+        negative = s[0] == b'-'
+        pos = 1
+    if pos == n:
+        return ERR_BAD_VALUE
+    for i in range(pos, n):
+        if not is_digit(s[i]):
+            return ERR_BAD_VALUE
+    while pos < n:
+        if u256_mul10_add(v, s[pos] - 48):
+            return ERR_OUT_OF_RANGE
+        pos += 1
+    if top == 1 and (v[2] or v[3]):
+        return ERR_OUT_OF_RANGE
+    if not signed_type:
+        if negative and (v[0] or v[1] or v[2] or v[3]):
+            return ERR_OUT_OF_RANGE
+    elif v[top] >> 63:
+        # Only -2**(bits-1) itself may have the top bit set.
+        if not negative or v[top] != (<uint64_t>1 << 63):
+            return ERR_OUT_OF_RANGE
+        for i in range(top):
+            if v[i]:
+                return ERR_OUT_OF_RANGE
+    if negative:
+        u256_negate(v)
+    return col_append_value(col, <const char*>v, col.width, 0)
+
+
+cdef int decimal_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # See _pyparser._parse_decimal: exact or refused, never rounded.
+    cdef uint64_t v[4]
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t whole_start, whole_end, frac_start, frac_end, i
+    cdef Py_ssize_t kept, total, leading = 0
+    cdef bint negative = False
+    cdef bint nonzero = False
+    cdef int scale = col.scale
+    memset(v, 0, sizeof(v))
+    if n and (s[0] == b'+' or s[0] == b'-'):
+        negative = s[0] == b'-'
+        pos = 1
+    whole_start = pos
+    while pos < n and is_digit(s[pos]):
+        pos += 1
+    whole_end = pos
+    frac_start = frac_end = pos
+    if pos < n and s[pos] == b'.':
+        pos += 1
+        frac_start = pos
+        while pos < n and is_digit(s[pos]):
+            pos += 1
+        frac_end = pos
+    if pos != n or (whole_end == whole_start and frac_end == frac_start):
+        return ERR_BAD_VALUE
+    kept = frac_end - frac_start
+    if kept > scale:
+        for i in range(frac_start + scale, frac_end):
+            if s[i] != b'0':
+                return ERR_OUT_OF_RANGE
+        kept = scale
+    # The scaled integer's digits: whole, kept fraction digits, then zeros up to scale.
+    total = (whole_end - whole_start) + scale
+    for i in range(whole_start, whole_end):
+        if s[i] != b'0':
+            nonzero = True
+            break
+        leading += 1
+    if not nonzero:
+        for i in range(frac_start, frac_start + kept):
+            if s[i] != b'0':
+                nonzero = True
+                break
+            leading += 1
+    if not nonzero:
+        leading = total
+    if total - leading > col.precision:
+        return ERR_OUT_OF_RANGE
+    for i in range(whole_start, whole_end):
+        u256_mul10_add(v, s[i] - 48)
+    for i in range(frac_start, frac_start + kept):
+        u256_mul10_add(v, s[i] - 48)
+    for i in range(scale - kept):
+        u256_mul10_add(v, 0)
+    if negative:
+        u256_negate(v)
+    return col_append_value(col, <const char*>v, col.width, 0)
+
+
+cdef int hex_group(const unsigned char* s, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    # 1-4 hex digits -> value, or -1.
+    cdef int value = 0
+    cdef unsigned int digit
+    cdef Py_ssize_t i
+    if end - start < 1 or end - start > 4:
+        return -1
+    for i in range(start, end):
+        digit = hex_digit(s[i])
+        if digit > 15:
+            return -1
+        value = (value << 4) | <int>digit
+    return value
+
+
+cdef int ipv6_side(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, bint last_side,
+                   uint16_t* words, int* count) noexcept nogil:
+    # The ':'-separated groups of s[start:end] (none if empty) -> words; -1 if malformed.
+    cdef Py_ssize_t item = start
+    cdef Py_ssize_t stop, i
+    cdef bint dotted
+    cdef int value
+    cdef uint32_t quad
+    if start == end:
+        return 0
+    while True:
+        stop = item
+        while stop < end and s[stop] != b':':
+            stop += 1
+        dotted = False
+        for i in range(item, stop):
+            if s[i] == b'.':
+                dotted = True
+        if dotted and last_side and stop == end:
+            if count[0] > 6 or not ipv4_value(s + item, stop - item, &quad):
+                return -1
+            words[count[0]] = <uint16_t>(quad >> 16)
+            words[count[0] + 1] = <uint16_t>(quad & 0xFFFF)
+            count[0] += 2
+        else:
+            value = hex_group(s, item, stop)
+            if value < 0 or count[0] > 7:
+                return -1
+            words[count[0]] = <uint16_t>value
+            count[0] += 1
+        if stop == end:
+            return 0
+        item = stop + 1
+
+
+cdef int ipv6_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # See _pyparser._parse_ipv6: 16 bytes in network order.
+    cdef uint16_t head[8]
+    cdef uint16_t tail[8]
+    cdef int nhead = 0, ntail = 0
+    cdef Py_ssize_t gap = -1
+    cdef Py_ssize_t i
+    cdef unsigned char out[16]
+    cdef uint32_t quad
+    cdef bint has_colon = False
+    for i in range(n):
+        if s[i] == b':':
+            has_colon = True
+            if gap < 0 and i + 1 < n and s[i + 1] == b':':
+                gap = i
+    memset(out, 0, 16)
+    if not has_colon:
+        if not ipv4_value(s, n, &quad):
+            return ERR_BAD_VALUE
+        out[10] = 0xFF
+        out[11] = 0xFF
+        out[12] = <unsigned char>(quad >> 24)
+        out[13] = <unsigned char>(quad >> 16)
+        out[14] = <unsigned char>(quad >> 8)
+        out[15] = <unsigned char>quad
+        return col_append_value(col, <const char*>out, 16, 0)
+    if gap < 0:
+        if ipv6_side(s, 0, n, True, head, &nhead) < 0 or nhead != 8:
+            return ERR_BAD_VALUE
+    else:
+        for i in range(gap + 2, n - 1):
+            if s[i] == b':' and s[i + 1] == b':':
+                return ERR_BAD_VALUE
+        if ipv6_side(s, 0, gap, False, head, &nhead) < 0 or \
+                ipv6_side(s, gap + 2, n, True, tail, &ntail) < 0 or nhead + ntail > 7:
+            return ERR_BAD_VALUE
+    for i in range(nhead):
+        out[2 * i] = <unsigned char>(head[i] >> 8)
+        out[2 * i + 1] = <unsigned char>head[i]
+    for i in range(ntail):
+        out[16 - 2 * ntail + 2 * i] = <unsigned char>(tail[i] >> 8)
+        out[16 - 2 * ntail + 2 * i + 1] = <unsigned char>tail[i]
+    return col_append_value(col, <const char*>out, 16, 0)
+
+
+cdef int enum_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # A value's name, exactly, else its number as [+-]digits (1-6 digits).
+    cdef EnumEntry* entries = <EnumEntry*>col.enum_entries.ptr
+    cdef Py_ssize_t k
+    cdef Py_ssize_t pos = 0
+    cdef int number = 0
+    cdef bint negative = False
+    cdef int8_t v8
+    cdef int16_t v16
+    cdef int found = -1
+    for k in range(col.enum_count):
+        if entries[k].len == n and (n == 0 or memcmp(col.enum_names.ptr + entries[k].off, s,
+                                                     <size_t>n) == 0):
+            found = <int>k
+            break
+    if found < 0:
+        if n and (s[0] == b'+' or s[0] == b'-'):
+            negative = s[0] == b'-'
+            pos = 1
+        if pos == n or n - pos > 6:
+            return ERR_BAD_VALUE
+        while pos < n:
+            if not is_digit(s[pos]):
+                return ERR_BAD_VALUE
+            number = number * 10 + (s[pos] - 48)
+            pos += 1
+        if negative:
+            number = -number
+        for k in range(col.enum_count):
+            if entries[k].value == number:
+                found = <int>k
+                break
+        if found < 0:
+            return ERR_BAD_VALUE
+    if col.code == TYPE_ENUM8:
+        v8 = <int8_t>entries[found].value
+        return col_append_value(col, <const char*>&v8, 1, 0)
+    v16 = <int16_t>entries[found].value
+    return col_append_value(col, <const char*>&v16, 2, 0)
+
+
+cdef int fixed_string_from_text(Column* col, const unsigned char* s, Py_ssize_t n,
+                                bint check_utf8) noexcept nogil:
+    # At most N bytes of UTF-8, padded with NUL bytes to N.
+    if check_utf8 and not utf8_valid(s, n):
+        return ERR_INVALID_UTF8
+    if n > col.length:
+        return ERR_OUT_OF_RANGE
+    if buf_reserve(&col.values, col.length) < 0:
+        return ERR_NO_MEMORY
+    if n:
+        memcpy(col.values.ptr + col.values.len, s, <size_t>n)
+    memset(col.values.ptr + col.values.len + n, 0, <size_t>(col.length - n))
+    col.values.len += col.length
+    if col_end_string(col) < 0 or col_push_null_flag(col, 0) < 0:
+        return ERR_NO_MEMORY
+    return ERR_NONE
 
 
 cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint check_utf8) noexcept nogil:
@@ -489,4 +899,24 @@ cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint ch
         return int_from_text(col, s, n)
     if code == TYPE_FLOAT32 or code == TYPE_FLOAT64:
         return float_from_text(col, s, n)
-    return datetime_from_text(col, s, n)
+    if code == TYPE_DATE or code == TYPE_DATETIME or code == TYPE_DATE32:
+        return datetime_from_text(col, s, n)
+    if code == TYPE_BOOL:
+        return bool_from_text(col, s, n)
+    if code == TYPE_UUID:
+        return uuid_from_text(col, s, n)
+    if code == TYPE_FIXED_STRING:
+        return fixed_string_from_text(col, s, n, check_utf8)
+    if code == TYPE_ENUM8 or code == TYPE_ENUM16:
+        return enum_from_text(col, s, n)
+    if code == TYPE_IPV4:
+        return ipv4_from_text(col, s, n)
+    if code == TYPE_DATETIME64:
+        return datetime_from_text(col, s, n)
+    if TYPE_INT128 <= code <= TYPE_UINT256:
+        return bigint_from_text(col, s, n)
+    if TYPE_DECIMAL32 <= code <= TYPE_DECIMAL256:
+        return decimal_from_text(col, s, n)
+    if code == TYPE_IPV6:
+        return ipv6_from_text(col, s, n)
+    return ERR_BAD_VALUE

@@ -16,6 +16,7 @@ cdef struct Field:
     bint quoted
 
 
+@cython.final
 cdef class CSVParser(_ParserCore):
     cdef int _delimiter
     cdef int _escape             # -1: none

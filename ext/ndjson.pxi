@@ -21,6 +21,7 @@ cdef inline bint bytes_equal(const unsigned char* a, const unsigned char* b,
     return True
 
 
+@cython.final  # direct (inlinable) calls between the scan methods, not through the vtable
 cdef class NDJSONParser(_ParserCore):
     # Path trie, flattened; node 0 is the row object.
     cdef int _nnodes

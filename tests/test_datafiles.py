@@ -63,7 +63,7 @@ def test_example_project_loads() -> None:
     pipe = project.pipes["top_events"]
     assert pipe.endpoint is not None
     assert pipe.endpoint.sql.startswith("%\nSELECT")
-    assert "{{Int32(limit, 10)}}" in pipe.endpoint.sql
+    assert "{{Int(limit, 10)}}" in pipe.endpoint.sql
 
 
 def test_keywords_are_case_insensitive_and_values_unquoted(tmp_path: Path) -> None:

@@ -14,6 +14,22 @@ Policy (both formats, both implementations):
   DEFAULT if it has one, else NULL for Nullable, else the type's zero (JSON) /
   the empty text (CSV: String '' and an error for other types).
 * JSON ``null`` and CSV ``\\N``: NULL for Nullable columns, else the row is quarantined.
+* More types (each else quarantined as not that type, ``BAD_VALUE``): ``Bool`` reads
+  ``true``/``false``/``1``/``0`` (JSON booleans, numbers or strings; stored as UInt8);
+  ``UUID`` the canonical ``8-4-4-4-12`` hex form, either case (stored as ClickHouse does:
+  two little-endian UInt64 halves, high half first); ``IPv4`` a dotted quad of 1-3 digit
+  numbers up to 255 (stored as UInt32); ``FixedString(N)`` any UTF-8 text of at most N
+  bytes, padded with NUL bytes (longer: ``OUT_OF_RANGE``); ``Enum8``/``Enum16`` a
+  value's name, exactly, or its number as an integer text; ``Date32`` the Date forms,
+  1900-01-01 to 2299-12-31 (else ``OUT_OF_RANGE``); ``DateTime64(p[, tz])`` the
+  DateTime forms, same range as Date32, fraction truncated to p digits, stored as Int64
+  ticks; times without an offset are taken as UTC whatever the column's timezone;
+  ``Int128``/``UInt128``/``Int256``/``UInt256`` as the integers (little-endian two's
+  complement); ``Decimal(P, S)``/``Decimal32/64/128/256(S)`` ``[+-]digits[.digits]``
+  without exponent, stored as the integer scaled by 10**S: fraction digits beyond S
+  must be zeros and at most P digits may remain (else ``OUT_OF_RANGE``: never rounded);
+  ``IPv6`` RFC 4291 text with at most one ``::`` and an optional dotted-quad tail, or a
+  plain IPv4 address stored IPv4-mapped (16 bytes, network order).
 * Out-of-range numbers and dates, invalid UTF-8, lone surrogate escapes, duplicate
   mapped keys, rows over ``max_row_bytes``, nesting over 64: the row is quarantined.
 """
@@ -139,15 +155,20 @@ def _digits(text: bytes, pos: int, count: int) -> int:
     return int(chunk)
 
 
-def _parse_datetime(text: bytes, date_only: bool) -> int:
-    """Accepted forms; returns epoch seconds (DateTime) or days (Date).
+def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
+                    precision: int | None = None) -> int:
+    """Accepted forms; returns epoch seconds (DateTime), days (Date, Date32) or, with a
+    ``precision``, DateTime64 ticks (10**-precision seconds).
 
     ``YYYY-MM-DD``; ``YYYY-MM-DD[T| ]HH:MM[:SS[.fraction]]`` optionally followed by
     ``Z`` or an offset ``+HH``, ``+HHMM``, ``+HH:MM``; a non-negative number of epoch
     seconds, or of milliseconds when >= 1e11 (fraction truncated). A Date takes the
     calendar date as written (time and offset are checked, then ignored); from an
-    epoch number it takes the UTC date.
+    epoch number it takes the UTC date. DateTime64 keeps the fraction, truncated to
+    ``precision`` digits (an epoch number in milliseconds: its last three digits, then
+    its fraction).
     """
+    fraction = b""
     if text and text[0] in _DIGITS and (len(text) < 5 or text[4] != 0x2D):  # no '-' at 4
         if not _is_float_text(text) or text[:1] in b"+-" or b"e" in text or b"E" in text:
             raise _ConvertError(ErrorCode.BAD_VALUE)
@@ -156,6 +177,11 @@ def _parse_datetime(text: bytes, date_only: bool) -> int:
             raise _ConvertError(ErrorCode.OUT_OF_RANGE)
         whole = int(digits or b"0")
         seconds = whole // 1000 if whole >= 100_000_000_000 else whole
+        if precision is not None:
+            fraction = text.partition(b".")[2]
+            if whole >= 100_000_000_000:
+                fraction = b"%03d" % (whole % 1000) + fraction
+            return _ticks(seconds, fraction, precision)
         if seconds > 0xFFFFFFFF:
             raise _ConvertError(ErrorCode.OUT_OF_RANGE)
         return seconds // 86400 if date_only else seconds
@@ -186,6 +212,7 @@ def _parse_datetime(text: bytes, date_only: bool) -> int:
                     pos += 1
                 if pos == start:
                     raise _ConvertError(ErrorCode.BAD_VALUE)
+                fraction = text[start:pos]
         if hour > 23 or minute > 59 or second > 59:
             raise _ConvertError(ErrorCode.BAD_VALUE)
         if text[pos : pos + 1] == b"Z":
@@ -207,14 +234,166 @@ def _parse_datetime(text: bytes, date_only: bool) -> int:
         if pos != len(text):
             raise _ConvertError(ErrorCode.BAD_VALUE)
     days = _days_from_civil(year, month, day)
+    if date32:
+        if not _DATE32_MIN <= days <= _DATE32_MAX:
+            raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+        return days
     if date_only:
         if not 0 <= days <= 0xFFFF:
             raise _ConvertError(ErrorCode.OUT_OF_RANGE)
         return days
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    if precision is not None:
+        return _ticks(seconds, fraction, precision)
     if not 0 <= seconds <= 0xFFFFFFFF:
         raise _ConvertError(ErrorCode.OUT_OF_RANGE)
     return seconds
+
+
+def _ticks(seconds: int, fraction: bytes, precision: int) -> int:
+    """DateTime64: seconds + the first ``precision`` fraction digits -> Int64 ticks."""
+    if not _DT64_MIN <= seconds <= _DT64_MAX:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    scale: int = 10**precision
+    ticks = seconds * scale + int(fraction[:precision].ljust(precision, b"0") or b"0")
+    if ticks > (1 << 63) - 1:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    return ticks
+
+
+_DATE32_MIN = _days_from_civil(1900, 1, 1)  # ClickHouse's Date32 range
+_DATE32_MAX = _days_from_civil(2299, 12, 31)
+_HEX = b"0123456789abcdefABCDEF"
+# ClickHouse's DateTime64 range, 1900-01-01 00:00:00 to 2299-12-31 23:59:59 (and Int64).
+_DT64_MIN = _DATE32_MIN * 86400
+_DT64_MAX = (_DATE32_MAX + 1) * 86400 - 1
+
+_BIG_INTS: dict[TypeCode, tuple[int, bool]] = {  # bytes, signed
+    TypeCode.INT128: (16, True), TypeCode.UINT128: (16, False),
+    TypeCode.INT256: (32, True), TypeCode.UINT256: (32, False),
+}
+_DECIMAL_BYTES = {TypeCode.DECIMAL32: 4, TypeCode.DECIMAL64: 8, TypeCode.DECIMAL128: 16,
+                  TypeCode.DECIMAL256: 32}
+
+
+def _parse_big_int(text: bytes, code: TypeCode) -> bytes:
+    size, signed = _BIG_INTS[code]
+    if text == b"true" or text == b"false":
+        return (1 if text == b"true" else 0).to_bytes(size, "little")
+    body = text[1:] if text[:1] in (b"+", b"-") else text
+    if not body or body.strip(_DIGITS):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    if len(body.lstrip(b"0")) > 80:  # beyond 2**256; int() of 4300+ digits raises
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    value = int(text)
+    bits = size * 8
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if not lo <= value <= hi:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    return value.to_bytes(size, "little", signed=signed)
+
+
+def _parse_decimal(text: bytes, spec: ColumnSpec) -> bytes:
+    """``[+-]digits[.digits]`` (or ``[+-].digits``), no exponent -> the scaled integer.
+
+    Fraction digits beyond the scale must be zeros (no digit is ever lost:
+    ``OUT_OF_RANGE`` otherwise), and the scaled integer needs at most P digits.
+    """
+    sign = -1 if text[:1] == b"-" else 1
+    body = text[1:] if text[:1] in (b"+", b"-") else text
+    whole, dot, fraction = body.partition(b".")
+    if not whole + fraction or (whole + fraction).strip(_DIGITS):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    scale = spec.scale
+    if fraction[scale:].strip(b"0"):
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    digits = (whole + fraction[:scale].ljust(scale, b"0")).lstrip(b"0")
+    if len(digits) > spec.precision:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    value = sign * int(digits or b"0")
+    return value.to_bytes(_DECIMAL_BYTES[spec.type_code], "little", signed=True)
+
+
+def _hex_group(group: bytes) -> int:
+    if not 1 <= len(group) <= 4 or group.strip(_HEX):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    return int(group, 16)
+
+
+def _parse_ipv6(text: bytes) -> bytes:
+    """RFC 4291 text (hex groups, one ``::``, a dotted-quad tail) or a plain IPv4
+    address (stored IPv4-mapped, ``::ffff:a.b.c.d``) -> 16 bytes, network order."""
+    if b":" not in text:
+        return b"\0" * 10 + b"\xff\xff" + struct.pack(">I", *struct.unpack("<I", _parse_ipv4(text)))
+    head, gap, tail = text.partition(b"::")
+    if b"::" in tail:
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    parts = [head.split(b":") if head else [], tail.split(b":") if tail else []]
+    if not gap:
+        parts = [parts[0], []]
+    groups: list[list[int]] = [[], []]
+    for side, items in enumerate(parts):
+        for index, item in enumerate(items):
+            last = side == (1 if gap else 0) and index == len(items) - 1
+            if last and b"." in item:
+                quad = struct.unpack("<I", _parse_ipv4(item))[0]
+                groups[side] += [quad >> 16, quad & 0xFFFF]
+            else:
+                groups[side].append(_hex_group(item))
+    count = len(groups[0]) + len(groups[1])
+    if (gap and count > 7) or (not gap and count != 8):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    words = groups[0] + [0] * (8 - count) + groups[1]
+    return struct.pack(">8H", *words)
+
+
+def _parse_bool(text: bytes) -> bytes:
+    if text == b"true" or text == b"1":
+        return b"\x01"
+    if text == b"false" or text == b"0":
+        return b"\x00"
+    raise _ConvertError(ErrorCode.BAD_VALUE)
+
+
+def _parse_uuid(text: bytes) -> bytes:
+    if len(text) != 36 or text[8:9] + text[13:14] + text[18:19] + text[23:24] != b"----":
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    digits = text.replace(b"-", b"")
+    if len(digits) != 32 or digits.strip(_HEX):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    return struct.pack("<QQ", int(digits[:16], 16), int(digits[16:], 16))
+
+
+def _parse_ipv4(text: bytes) -> bytes:
+    parts = text.split(b".")
+    if len(parts) != 4:
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    value = 0
+    for part in parts:
+        if not 1 <= len(part) <= 3 or part.strip(_DIGITS) or int(part) > 255:
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        value = value << 8 | int(part)
+    return struct.pack("<I", value)
+
+
+def _parse_enum(text: bytes, spec: ColumnSpec) -> bytes:
+    fmt = "<b" if spec.type_code is TypeCode.ENUM8 else "<h"
+    for name, value in spec.enum_values:
+        if name == text:
+            return struct.pack(fmt, value)
+    body = text[1:] if text[:1] in (b"+", b"-") else text
+    if body and not body.strip(_DIGITS) and len(body) <= 6:
+        number = int(text)
+        if any(value == number for _, value in spec.enum_values):
+            return struct.pack(fmt, number)
+    raise _ConvertError(ErrorCode.BAD_VALUE)
+
+
+def _parse_fixed_string(text: bytes, length: int) -> bytes:
+    _check_utf8(text)
+    if len(text) > length:
+        raise _ConvertError(ErrorCode.OUT_OF_RANGE)
+    return text + b"\0" * (length - len(text))
 
 
 def _check_utf8(text: bytes) -> None:
@@ -224,8 +403,9 @@ def _check_utf8(text: bytes) -> None:
         raise _ConvertError(ErrorCode.INVALID_UTF8) from None
 
 
-def convert_text(text: bytes, code: TypeCode) -> bytes:
+def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
     """Text -> the value's Native bytes (String: the UTF-8 text itself)."""
+    code = spec.type_code
     if code is TypeCode.STRING:
         _check_utf8(text)
         return text
@@ -237,6 +417,26 @@ def convert_text(text: bytes, code: TypeCode) -> bytes:
         return struct.pack("<H", _parse_datetime(text, True))
     if code is TypeCode.DATETIME:
         return struct.pack("<I", _parse_datetime(text, False))
+    if code is TypeCode.BOOL:
+        return _parse_bool(text)
+    if code is TypeCode.UUID:
+        return _parse_uuid(text)
+    if code is TypeCode.FIXED_STRING:
+        return _parse_fixed_string(text, spec.length)
+    if code is TypeCode.ENUM8 or code is TypeCode.ENUM16:
+        return _parse_enum(text, spec)
+    if code is TypeCode.DATE32:
+        return struct.pack("<i", _parse_datetime(text, True, date32=True))
+    if code is TypeCode.IPV4:
+        return _parse_ipv4(text)
+    if code is TypeCode.DATETIME64:
+        return struct.pack("<q", _parse_datetime(text, False, precision=spec.scale))
+    if code in _BIG_INTS:
+        return _parse_big_int(text, code)
+    if code in _DECIMAL_BYTES:
+        return _parse_decimal(text, spec)
+    if code is TypeCode.IPV6:
+        return _parse_ipv6(text)
     raise AssertionError(code)
 
 
@@ -244,12 +444,15 @@ def convert_text(text: bytes, code: TypeCode) -> bytes:
 
 
 class _Column:
-    __slots__ = ("spec", "code", "width", "nullable", "values", "offsets", "nulls", "default")
+    __slots__ = ("spec", "code", "width", "zero", "nullable", "values", "offsets", "nulls",
+                 "default")
 
     def __init__(self, spec: ColumnSpec) -> None:
         self.spec = spec
         self.code = spec.type_code
         self.width = FIXED_WIDTH[spec.type_code]
+        # The value stored for NULL and for a missing value without DEFAULT.
+        self.zero = b"\0" * (spec.length if spec.type_code is TypeCode.FIXED_STRING else self.width)
         self.nullable = spec.nullable
         self.values = bytearray()
         self.offsets = array("q", [0])
@@ -257,7 +460,7 @@ class _Column:
         self.default: bytes | None = None
         if spec.default_text is not None:
             try:
-                self.default = convert_text(spec.default_text, spec.type_code)
+                self.default = convert_text(spec.default_text, spec)
             except _ConvertError:
                 raise SchemaError(
                     f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}"
@@ -271,7 +474,7 @@ class _Column:
             self.nulls.append(1 if is_null else 0)
 
     def append_zero(self, is_null: bool) -> None:
-        self.append(b"\0" * self.width, is_null)
+        self.append(self.zero, is_null)
 
     def mark(self) -> tuple[int, int, int]:
         return len(self.values), len(self.offsets), len(self.nulls)
@@ -388,7 +591,7 @@ class _ParserBase:
         if kind == _NESTED and column.code is not TypeCode.STRING:
             raise _BadRow(ErrorCode.BAD_VALUE, index, text)
         try:
-            column.append(convert_text(text, column.code))
+            column.append(convert_text(text, column.spec))
         except _ConvertError as exc:
             raise _BadRow(exc.code, index, text) from None
 

@@ -10,8 +10,12 @@ else :func:`encode_strings_py`.
 Native column payloads, as written here (no per-column header; the sinks add the
 column name and type):
 
-* fixed width (``Int*``, ``UInt*``, ``Float*``, ``Date``, ``DateTime``): the values,
-  little-endian, ``num_rows * width`` bytes;
+* fixed width (``Int*``, ``UInt*``, ``Float*``, ``Date``, ``DateTime``, ``Bool`` (UInt8),
+  ``Enum8``/``Enum16`` (Int8/Int16 codes), ``Date32`` (Int32 days), ``IPv4`` (UInt32),
+  ``UUID`` (two UInt64 halves, high half first)): the values, little-endian,
+  ``num_rows * width`` bytes;
+* ``FixedString(N)``: ``num_rows * N`` bytes; the parsers hold it like String, with
+  every value padded to N, so the data is the payload and the offsets are dropped;
 * ``String``: per row ``varint(len)`` then the bytes;
 * ``Nullable(T)``: the null map (one byte per row, 1 = NULL), then T's payload, in
   which NULL rows hold a default value;
@@ -227,6 +231,13 @@ def encode_column(spec: ColumnSpec, column: ColumnData, num_rows: int) -> bytes:
                 column.offsets, column.values, nulls if spec.nullable else None
             )
         data = encode_strings(column.offsets, column.values)
+    elif spec.type_code is TypeCode.FIXED_STRING:
+        if len(column.values) != spec.length * num_rows:
+            raise ValueError(
+                f"column {spec.name!r}: {len(column.values)} value bytes for {num_rows} rows "
+                f"of {spec.length} bytes"
+            )
+        data = bytes(column.values)
     else:
         width = FIXED_WIDTH[spec.type_code]
         if len(column.values) != width * num_rows:

@@ -5,10 +5,19 @@ A data source's column list becomes a tuple of :class:`ColumnSpec`. The parsers
 ``default_text``; the Native encoder sees ``ch_type`` and ``type_code``.
 
 How to add a new type:
-1. add a member to :class:`TypeCode` here *and* to ``ext/codes.pxd`` (same number);
-2. map its ClickHouse spelling in ``_SIMPLE_TYPES`` (or in :func:`parse_type`);
-3. give it a converter in ``ext/convert.pxi`` and ``_pyparser._convert_text``;
-4. give it a Native encoding in ``native.py`` (fixed width or strings).
+1. add a member to :class:`TypeCode` here *and* to ``ext/codes.pxd`` (same number),
+   and its Native width to :data:`FIXED_WIDTH`;
+2. map its ClickHouse spelling in ``_SIMPLE_TYPES`` (or in :func:`parse_type`, with
+   its arguments in :class:`ParsedType`: ``length``, ``enum_values``);
+3. give it a converter in ``ext/columns.pxi`` and ``_pyparser.convert_text``;
+4. give it a Native encoding in ``native.py`` (fixed width or strings);
+5. test both parsers and a server round trip in ``tests/test_parse_types.py``.
+
+Types beyond the numbers, String, Date and DateTime (the text each accepts is in
+``_pyparser``'s module docstring): ``Bool``, ``UUID``, ``FixedString(N)``,
+``Enum8(...)``/``Enum16(...)``, ``Date32``, ``IPv4``, ``DateTime64(p[, tz])``,
+``Int128``/``UInt128``/``Int256``/``UInt256``, ``Decimal(P, S)``/``Decimal32(S)``...
+``Decimal256(S)`` and ``IPv6``.
 """
 
 from __future__ import annotations
@@ -33,6 +42,23 @@ class TypeCode(enum.IntEnum):
     STRING = 11
     DATE = 12
     DATETIME = 13
+    BOOL = 14
+    UUID = 15
+    FIXED_STRING = 16  # values padded to ``length``; held like String (offsets + data)
+    ENUM8 = 17
+    ENUM16 = 18
+    DATE32 = 19
+    IPV4 = 20
+    DATETIME64 = 21  # ``scale`` = the precision p
+    INT128 = 22
+    UINT128 = 23
+    INT256 = 24
+    UINT256 = 25
+    DECIMAL32 = 26  # Decimal(P, S) by P: <= 9, <= 18, <= 38, <= 76 digits
+    DECIMAL64 = 27
+    DECIMAL128 = 28
+    DECIMAL256 = 29
+    IPV6 = 30
 
 
 _SIMPLE_TYPES: dict[str, TypeCode] = {
@@ -49,6 +75,15 @@ _SIMPLE_TYPES: dict[str, TypeCode] = {
     "String": TypeCode.STRING,
     "Date": TypeCode.DATE,
     "DateTime": TypeCode.DATETIME,
+    "Bool": TypeCode.BOOL,
+    "UUID": TypeCode.UUID,
+    "Date32": TypeCode.DATE32,
+    "IPv4": TypeCode.IPV4,
+    "Int128": TypeCode.INT128,
+    "UInt128": TypeCode.UINT128,
+    "Int256": TypeCode.INT256,
+    "UInt256": TypeCode.UINT256,
+    "IPv6": TypeCode.IPV6,
 }
 
 #: Byte width of each fixed-width type in ClickHouse's Native format (String: 0).
@@ -66,7 +101,32 @@ FIXED_WIDTH: dict[TypeCode, int] = {
     TypeCode.STRING: 0,
     TypeCode.DATE: 2,
     TypeCode.DATETIME: 4,
+    TypeCode.BOOL: 1,
+    TypeCode.UUID: 16,
+    # FixedString(N) is held like String (offsets + data, every value N bytes): its
+    # width is the column's, not the type code's. Native takes the data as it is.
+    TypeCode.FIXED_STRING: 0,
+    TypeCode.ENUM8: 1,
+    TypeCode.ENUM16: 2,
+    TypeCode.DATE32: 4,
+    TypeCode.IPV4: 4,
+    TypeCode.DATETIME64: 8,
+    TypeCode.INT128: 16,
+    TypeCode.UINT128: 16,
+    TypeCode.INT256: 32,
+    TypeCode.UINT256: 32,
+    TypeCode.DECIMAL32: 4,
+    TypeCode.DECIMAL64: 8,
+    TypeCode.DECIMAL128: 16,
+    TypeCode.DECIMAL256: 32,
+    TypeCode.IPV6: 16,
 }
+
+_DECIMAL_PRECISION = {"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}
+_DECIMAL_CODES = ((9, TypeCode.DECIMAL32), (18, TypeCode.DECIMAL64), (38, TypeCode.DECIMAL128),
+                  (76, TypeCode.DECIMAL256))
+_DATETIME64 = re.compile(r"DateTime64\(\s*(\d+)\s*(,\s*'[^']*'\s*)?\)")
+_DECIMAL = re.compile(r"(Decimal(?:32|64|128|256)?)\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
 
 class SchemaError(ValueError):
@@ -81,6 +141,56 @@ class ParsedType:
     type_code: TypeCode  # the innermost value type
     nullable: bool
     low_cardinality: bool
+    length: int = 0  # FixedString(N): N
+    #: Enum8/Enum16: (name as UTF-8, value) pairs, in declaration order.
+    enum_values: tuple[tuple[bytes, int], ...] = ()
+    scale: int = 0  # DateTime64(p): p; Decimal(P, S): S
+    precision: int = 0  # Decimal(P, S): P
+
+
+_ENUM_ITEM = re.compile(r"\s*'((?:[^'\\]|\\.|'')*)'\s*=\s*([+-]?\d+)\s*(,|$)")
+_ENUM_RANGES = {TypeCode.ENUM8: (-(1 << 7), (1 << 7) - 1),
+                TypeCode.ENUM16: (-(1 << 15), (1 << 15) - 1)}
+
+
+def _enum_values(ch_type: str, code: TypeCode, body: str) -> tuple[tuple[bytes, int], ...]:
+    """``'a' = 1, 'b' = 2`` -> ((b"a", 1), (b"b", 2)); names and values must be unique."""
+    items: list[tuple[bytes, int]] = []
+    pos = 0
+    while pos < len(body):
+        match = _ENUM_ITEM.match(body, pos)
+        if match is None:
+            raise SchemaError(f"type {ch_type}: cannot read the values (use 'name' = number)")
+        name = _unquote(match.group(1)).encode()
+        value = int(match.group(2))
+        lo, hi = _ENUM_RANGES[code]
+        if not lo <= value <= hi:
+            raise SchemaError(f"type {ch_type}: value {value} is out of range")
+        items.append((name, value))
+        pos = match.end()
+    if not items:
+        raise SchemaError(f"type {ch_type}: no values")
+    if len({name for name, _ in items}) != len(items) or \
+            len({value for _, value in items}) != len(items):
+        raise SchemaError(f"type {ch_type}: duplicate names or values")
+    return tuple(items)
+
+
+def _unquote(body: str) -> str:
+    """The content of a ClickHouse single-quoted literal (backslash escapes, doubled '')."""
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            out.append({"n": "\n", "t": "\t", "0": "\0", "r": "\r"}.get(body[i + 1], body[i + 1]))
+            i += 2
+            continue
+        if ch == "'":
+            i += 1  # the first of a doubled ''
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def _unwrap(name: str, text: str) -> str | None:
@@ -109,12 +219,46 @@ def parse_type(ch_type: str) -> ParsedType:
     if text.startswith("DateTime(") and text.endswith(")"):
         # DateTime('UTC'): the stored value is epoch seconds either way.
         text = "DateTime"
-    code = _SIMPLE_TYPES.get(text)
+    length = scale = precision = 0
+    enum_values: tuple[tuple[bytes, int], ...] = ()
+    inner = _unwrap("FixedString", text)
+    datetime64 = _DATETIME64.fullmatch(text)
+    decimal = _DECIMAL.fullmatch(text)
+    if datetime64 is not None:
+        # DateTime64(p, 'tz'): ticks are UTC-based whatever the zone; see _pyparser.
+        code: TypeCode | None = TypeCode.DATETIME64
+        scale = int(datetime64.group(1))
+        if scale > 9:
+            raise SchemaError(f"type {ch_type}: DateTime64 precision must be 0 to 9")
+    elif decimal is not None:
+        family, first, second = decimal.groups()
+        if family == "Decimal":
+            if second is None:
+                raise SchemaError(f"type {ch_type}: use Decimal(P, S)")
+            precision, scale = int(first), int(second)
+        else:
+            if second is not None:
+                raise SchemaError(f"type {ch_type}: use {family}(S)")
+            precision, scale = _DECIMAL_PRECISION[family], int(first)
+        if not 1 <= precision <= 76 or scale > precision:
+            raise SchemaError(f"type {ch_type}: needs 1 <= P <= 76 and 0 <= S <= P")
+        code = next(c for limit, c in _DECIMAL_CODES if precision <= limit)
+    elif inner is not None:
+        if not inner.isdigit() or not 1 <= int(inner) <= 1 << 20:
+            raise SchemaError(f"type {ch_type}: FixedString needs a length from 1 to 1048576")
+        code = TypeCode.FIXED_STRING
+        length = int(inner)
+    elif text.startswith(("Enum8(", "Enum16(")) and text.endswith(")"):
+        code = TypeCode.ENUM8 if text.startswith("Enum8(") else TypeCode.ENUM16
+        enum_values = _enum_values(ch_type, code, text[text.index("(") + 1 : -1])
+    else:
+        code = _SIMPLE_TYPES.get(text)
     if code is None:
         raise SchemaError(f"type {ch_type} is not supported for ingestion yet")
     if low_cardinality and code is not TypeCode.STRING:
         raise SchemaError(f"type {ch_type}: LowCardinality is supported for String only")
-    return ParsedType(ch_type.strip(), code, nullable, low_cardinality)
+    return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
+                      scale, precision)
 
 
 _PATH_TOKEN = re.compile(r"\.([^.\[\]]+)|\[['\"]([^'\"]*)['\"]\]")
@@ -157,6 +301,11 @@ class ColumnSpec:
     #: Text of a literal DEFAULT, used by the parser for missing values.
     default_text: bytes | None = None
     codec: str | None = None
+    length: int = 0  # FixedString(N): N
+    #: Enum8/Enum16: (name as UTF-8, value) pairs.
+    enum_values: tuple[tuple[bytes, int], ...] = ()
+    scale: int = 0  # DateTime64(p): p; Decimal(P, S): S
+    precision: int = 0  # Decimal(P, S): P
 
     @classmethod
     def build(
@@ -182,6 +331,10 @@ class ColumnSpec:
             default_expr=default_expr,
             default_text=literal_default(default_expr) if default_kind == "DEFAULT" else None,
             codec=codec,
+            length=parsed.length,
+            enum_values=parsed.enum_values,
+            scale=parsed.scale,
+            precision=parsed.precision,
         )
 
     @property
