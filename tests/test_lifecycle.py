@@ -191,3 +191,24 @@ def test_stalled_clients_are_disconnected(stall: str, tmp_path: Path,
         assert b"200" not in received.split(b"\r\n", 1)[0]
     finally:
         assert gateway.stop() == 0
+
+
+def test_type_the_server_lacks_is_a_clear_startup_error(clickhouse_server: ClickHouseServer,
+                                                        tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "datasources").mkdir(parents=True)
+    (project / "datasources" / "modern.datasource").write_text(
+        "SCHEMA >\n    `at` DateTime64(3) `json:$.at`\n")
+    from conftest import _database_numbers
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    database = f"gw_{next(_database_numbers)}"
+    admin = ClickHouseSink(clickhouse_server.url)
+    admin.execute(f"CREATE DATABASE {database}")
+    admin.close()
+    gateway = GatewayProcess(str(project), str(tmp_path / "data"),
+                             clickhouse_url=clickhouse_server.url.rsplit("/", 1)[0] + "/" + database)
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        gateway.start()
+    log = gateway.log_tail()
+    assert "modern.datasource" in log and "'at' has type DateTime64" in log

@@ -48,7 +48,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     from tornado.httpserver import HTTPServer
 
     from tinyingest.auth import Authorizer
-    from tinyingest.gateway import Gateway
+    from tinyingest.gateway import Gateway, StartupError
     from tinyingest.routes import make_app
     from tinyingest.template import TemplateError
 
@@ -69,8 +69,9 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers)
     try:
         await gateway.start()
-    except TemplateError as exc:  # a pipe that cannot compile: like a datafile error
-        log.error("pipe error: %s", exc)
+    except (TemplateError, StartupError) as exc:  # like a datafile error: say it, exit 2
+        log.error("%s", exc)
+        await gateway.close()
         return 2
     server = HTTPServer(
         make_app(gateway, Authorizer(token)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,23 @@ class Table:
     created_at: float
 
 
+class StartupError(Exception):
+    """The project cannot be served on this ClickHouse (the message says why)."""
+
+
+def _create_error(datasource: DataSource, error: SinkError) -> str:
+    where = f"{datasource.path}: " if datasource.path else ""
+    message = f"{where}ClickHouse refused the table of data source '{datasource.name}': {error}"
+    match = re.search(r"Unknown data type family: (\w+)", str(error))
+    if match:
+        columns = [c.name for c in datasource.columns if match.group(1) in c.ch_type]
+        message += (f". Column {', '.join(repr(c) for c in columns) or '?'} has type "
+                    f"{match.group(1)}, which this ClickHouse server does not have (18.16 lacks "
+                    "Bool, Date32, DateTime64, IPv4, IPv6, Int128/256, Map): use a newer server "
+                    "or the embedded engine, or another type")
+    return message
+
+
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
                  spool_dir: str = "spool", readers: Sequence[Sink] = ()) -> None:
@@ -85,7 +103,10 @@ class Gateway:
         """Create every data source's tables (idempotent), then replay the spool."""
         database = self.sink.database
         for datasource in self.project.datasources.values():
-            await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
+            try:
+                await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
+            except SinkError as exc:
+                raise StartupError(_create_error(datasource, exc)) from exc
             self.tables[datasource.name] = self._table(datasource)
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(), pipes=self.project.pipes)
