@@ -10,11 +10,15 @@ Prints, from one run on this machine (every ratio is measured within the same ru
 2. tiny events: 1-row POSTs over 64 keep-alive connections (``wrk``) to ``/v0/events``
    (202 mode), against a bare Tornado+uvloop app that reads the body and answers 202 (its
    own subprocess). Also with ``--workers 2``. Target: gateway >= 0.8x bare, per process.
-3. freshness: under the throughput load in 202 mode (``--fresh-seconds``), a marker row with a unique id every
-   ~100 ms; ClickHouse is polled directly; p50/p99 from the 202 answer to the row being
-   queryable. Target: p99 <= 1 s.
+3. freshness: under the throughput load in 202 mode (``--fresh-seconds``), a marker row
+   with a unique id every ~100 ms; ClickHouse is polled directly; p50/p99 from the 202
+   answer to the row being queryable. Target: p99 <= 1 s. Then again with the load paced
+   at half the rate the gateway sustained (rows stored per second) in the first part.
 4. memory: peak RSS (VmHWM) of a fresh gateway while a ``--big-mib`` (2048) chunked body
    streams through ``/v0/events?wait=true``. Target: <= 300 MB.
+
+Every line also says where the CPU went (cores used by gateway, ClickHouse, the client
+and ``other``: anything else busy on the machine, which skews the figures).
 
 The gateway runs with its default settings (validation, quarantine, spool, metrics on);
 ``TINYINGEST_*`` variables of the calling shell are ignored. Each phase gets its own gateway
@@ -35,6 +39,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -81,13 +86,32 @@ class Ingest(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(b'{"successful_rows":1,"quarantined_rows":0}' if body else b"{}")
 
+@tornado.web.stream_request_body
+class StreamingIngest(tornado.web.RequestHandler):
+    """The gateway's request path without its work: streamed body, same server limits."""
+    def prepare(self):
+        self.size = 0
+    async def data_received(self, chunk):
+        self.size += len(chunk)
+    def post(self):
+        self.set_status(202)
+        self.set_header("Content-Type", "application/json")
+        self.finish(b'{"successful_rows":1,"quarantined_rows":0}' if self.size else b"{}")
+
 class Health(tornado.web.RequestHandler):
     def get(self):
         self.finish("ok")
 
 async def main():
-    app = tornado.web.Application([(r"/v0/events", Ingest), (r"/healthz", Health)])
-    server = tornado.httpserver.HTTPServer(app, decompress_request=False)
+    streaming = sys.argv[2] == "streaming"
+    app = tornado.web.Application([(r"/v0/events", StreamingIngest if streaming else Ingest),
+                                   (r"/healthz", Health)])
+    if streaming:  # as tinyingest/cli.py configures its server
+        server = tornado.httpserver.HTTPServer(
+            app, idle_connection_timeout=10.0, body_timeout=3600.0, max_body_size=8 << 30,
+            max_header_size=64 << 10, decompress_request=False)
+    else:
+        server = tornado.httpserver.HTTPServer(app, decompress_request=False)
     server.listen(int(sys.argv[1]), "127.0.0.1")
     await asyncio.Event().wait()
 
@@ -214,12 +238,14 @@ class LoadResult:
     sent: int = 0
     rows_ok: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # exception type -> count
+    refusals: dict[int, str] = field(default_factory=dict)  # status -> first answer
     latencies: list[float] = field(default_factory=list)
 
     def status_text(self) -> str:
         text = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
-        return text + (f", errors: {len(self.errors)} ({self.errors[0]})" if self.errors else "")
+        text += "".join(f", {n} x {name}" for name, n in self.errors.items())
+        return text + "".join(f"; {code}: {body}" for code, body in self.refusals.items())
 
 
 def post_bodies(port: int, path: str, headers: dict[str, str], bodies: list[tuple[bytes, int]],
@@ -257,7 +283,8 @@ def post_bodies(port: int, path: str, headers: dict[str, str], bodies: list[tupl
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                     with lock:
                         result.sent += 1
-                        result.errors.append(repr(exc))
+                        name = type(exc).__name__
+                        result.errors[name] = result.errors.get(name, 0) + 1
                     continue
                 took = time.perf_counter() - began
                 retry_after = response.getheader("Retry-After")
@@ -267,8 +294,9 @@ def post_bodies(port: int, path: str, headers: dict[str, str], bodies: list[tupl
                     result.statuses[response.status] = result.statuses.get(response.status, 0) + 1
                     if response.status in ok:
                         result.rows_ok += rows
-                    elif len(result.errors) < 5:
-                        result.errors.append(f"{response.status} {answer[:200]!r}")
+                    else:
+                        result.refusals.setdefault(response.status, answer[:120].decode(
+                            errors="replace"))
                 if response.status in (429, 503) and retry_after and retry_after.isdigit():
                     # a well-behaved client: honour Retry-After, within the time limit
                     time.sleep(max(0.0, min(float(retry_after), deadline - time.perf_counter())))
@@ -284,7 +312,83 @@ def post_bodies(port: int, path: str, headers: dict[str, str], bodies: list[tupl
     return result
 
 
-# -- profiling (optional) ----------------------------------------------------------------
+# -- CPU accounting and profiling ---------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as file:
+        return file.read().rpartition(")")[2].split()
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """user+system CPU seconds of ``pid`` and of its live children (--workers), by pid."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat(int(entry))[1]) == pid:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    seconds: dict[int, float] = {}
+    for one in pids:
+        try:
+            fields = _stat(one)
+        except OSError:
+            continue
+        seconds[one] = (int(fields[11]) + int(fields[12])) / _TICK
+    return seconds
+
+
+def _own_cpu_seconds() -> float:
+    """This script's threads plus children reaped so far (wrk)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as file:
+        values = [int(v) for v in file.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICK  # minus idle, iowait
+
+
+class CPUMeter:
+    """Cores used by each process tree over a ``with`` block: where the cores went;
+    ``other`` is everything else busy on the machine (a noisy neighbour)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self.text = ""
+
+    def __enter__(self) -> CPUMeter:
+        self._start = time.perf_counter()
+        self._before = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._client = _own_cpu_seconds()
+        self._machine = machine_busy_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._start
+        parts: dict[str, str] = {}
+        used: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            after = tree_cpu_seconds(pid)
+            per_pid = [after[p] - self._before[name].get(p, 0.0) for p in after]
+            used[name] = sum(per_pid)
+            busy = [f"{x / wall:.2f}" for x in per_pid if x / wall >= 0.005]
+            if len(busy) > 1:  # supervisor and workers: show how the load was shared
+                parts[name] = f" ({'+'.join(busy)})"
+        used["client"] = _own_cpu_seconds() - self._client
+        # Whatever else ran on the machine meanwhile (other jobs skew the figures).
+        used["other"] = max(0.0, machine_busy_seconds() - self._machine - sum(used.values()))
+        self.text = "cpu cores: " + ", ".join(f"{name} {seconds / wall:.2f}{parts.get(name, '')}"
+                                              for name, seconds in used.items())
+        if used["other"] / wall > 0.25:
+            self.text += " [SKEWED: other jobs were busy]"
 
 
 class Profiler:
@@ -348,6 +452,9 @@ class Bench:
         """py-spy on a single-process gateway (under --workers the pid is the supervisor)."""
         return Profiler(self.options.profile, name, gateway.pid if workers == 1 else None)
 
+    def cpu(self, **pids: int | None) -> CPUMeter:
+        return CPUMeter({**pids, "clickhouse": self.server.pid})
+
     def drop(self, db: str) -> None:
         self.ch.query(f"DROP DATABASE IF EXISTS {db}")
 
@@ -357,18 +464,22 @@ class Bench:
         db = "direct"
         self.ch.query(f"CREATE DATABASE {db}")
         self.ch.query(DIRECT_TABLE.format(db=db), allow_experimental_low_cardinality_type="1")
-        path = "/?" + urllib.parse.urlencode({"query": f"INSERT INTO {db}.events FORMAT JSONEachRow"})
-        result = self._posts(path, {}, ok=(200,))
-        return self._report_throughput("clickhouse-http", result, f"{db}.events")
+        insert = f"INSERT INTO {db}.events FORMAT JSONEachRow"
+        path = "/?" + urllib.parse.urlencode({"query": insert})
+        with self.cpu() as cpu:
+            result = self._posts(path, {}, ok=(200,))
+        return self._report_throughput("clickhouse-http", result, f"{db}.events", cpu.text)
 
     def throughput_gateway(self, workers: int) -> float:
         db = f"tput{workers}"
         with self.gateway(db, workers) as gateway:
-            with self.profile(f"throughput-w{workers}", gateway, workers):
+            with self.profile(f"throughput-w{workers}", gateway, workers), \
+                    self.cpu(gateway=gateway.pid) as cpu:
                 result = self._posts("/v0/events?name=events&wait=true", AUTH, ok=(200,),
                                      port=gateway.port)
             quarantined = self.ch.count(f"{db}.events_quarantine")
-            rate = self._report_throughput(f"gateway w={workers}", result, f"{db}.events")
+            rate = self._report_throughput(f"gateway w={workers}", result, f"{db}.events",
+                                           cpu.text)
             if quarantined:
                 self.out(f"  !! {quarantined} rows quarantined")
         self.drop(db)
@@ -380,14 +491,14 @@ class Bench:
         return post_bodies(port or self.server.http_port, path, headers, self.bodies,
                            o.bodies, o.clients, o.time_limit, ok=ok)
 
-    def _report_throughput(self, name: str, result: LoadResult, table: str) -> float:
+    def _report_throughput(self, name: str, result: LoadResult, table: str, cpu: str) -> float:
         stored = self.ch.count(table)
         megabytes = sum(len(self.bodies[i % len(self.bodies)][0]) for i in range(result.sent)) / 1e6
         rate = stored / result.elapsed
         self.out(f"{name:18s} {rate:12,.0f} rows/s {megabytes / result.elapsed:7.1f} MB/s "
                  f"{result.elapsed:6.1f} s  {result.sent} bodies, stored {stored:,} rows "
                  f"(acked {result.rows_ok:,}); per-POST p50 {pct(result.latencies, .5):.2f} s "
-                 f"p99 {pct(result.latencies, .99):.2f} s; [{result.status_text()}]")
+                 f"p99 {pct(result.latencies, .99):.2f} s; [{result.status_text()}]; {cpu}")
         if stored != result.rows_ok:
             self.out(f"  !! stored {stored} != acked {result.rows_ok}")
         return rate
@@ -407,12 +518,15 @@ class Bench:
         text = done.stdout
         if done.returncode != 0 or "Requests/sec" not in text:
             raise RuntimeError(f"wrk failed ({done.returncode}): {text}\n{done.stderr}")
-        stats = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
-                 "requests": float(re.search(r"(\d+) requests in", text).group(1)),  # type: ignore[union-attr]
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+        requests = re.search(r"(\d+) requests in", text)
+        assert rps is not None and requests is not None, text
+        stats = {"rps": float(rps.group(1)), "requests": float(requests.group(1)),
                  "non2xx": 0.0, "socket_errors": 0.0}
         if m := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
             stats["non2xx"] = float(m.group(1))
-        if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
+        socket_errors = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+        if m := re.search(socket_errors, text):
             stats["socket_errors"] = float(sum(int(g) for g in m.groups()))
         for q in ("50", "99"):
             if m := re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)\b", text):
@@ -426,26 +540,31 @@ class Bench:
                  f"p99 {stats.get('p99_ms', float('nan')):.1f} ms; non-2xx {stats['non2xx']:.0f}, "
                  f"socket errors {stats['socket_errors']:.0f}{extra}")
 
-    def tiny_bare(self) -> float:
+    def tiny_bare(self, mode: str) -> float:
+        """``plain``: the peer; ``streaming``: @stream_request_body with the gateway's
+        server settings, to split the gap into Tornado's streaming path and our work."""
         script = self.work / "bare_app.py"
         script.write_text(BARE_APP)
         port = free_port()
-        with open(self.work / "bare.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=log,
+        with open(self.work / f"bare-{mode}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, str(script), str(port), mode], stdout=log,
                                     stderr=subprocess.STDOUT)
         try:
             wait_http(port, "/healthz", 30)
-            stats = self.wrk("bare", port, "/v0/events", auth=False)
+            with self.cpu(bare=proc.pid) as cpu:
+                stats = self.wrk(f"bare-{mode}", port, "/v0/events", auth=False)
         finally:
             proc.terminate()
             proc.wait(10)
-        self._report_tiny("bare tornado+uvloop", stats)
+        name = "bare tornado+uvloop" if mode == "plain" else "bare, streaming"
+        self._report_tiny(name, stats, f"; {cpu.text}")
         return stats["rps"]
 
     def tiny_gateway(self, workers: int) -> float:
         db = f"tiny{workers}"
         with self.gateway(db, workers) as gateway:
-            with self.profile(f"tiny-w{workers}", gateway, workers):
+            with self.profile(f"tiny-w{workers}", gateway, workers), \
+                    self.cpu(gateway=gateway.pid) as cpu:
                 stats = self.wrk(db, gateway.port, "/v0/events?name=events", auth=True)
             ok = stats["requests"] - stats["non2xx"]
             deadline = time.monotonic() + 10
@@ -455,7 +574,8 @@ class Bench:
                 stored = self.ch.count(f"{db}.events")
         self._report_tiny(f"gateway w={workers}", stats,
                           f"; stored {stored:,} rows for {ok:,.0f} 2xx answers "
-                          f"(requests in flight at wrk's end are stored, not counted)")
+                          f"(requests in flight at wrk's end are stored, not counted); "
+                          f"{cpu.text}")
         self.drop(db)
         return stats["rps"]
 
@@ -518,7 +638,8 @@ class Bench:
                        threading.Thread(target=poller, daemon=True)]
             for thread in threads:
                 thread.start()
-            with self.profile(f"freshness-{label}", gateway):
+            with self.profile(f"freshness-{label}", gateway), \
+                    self.cpu(gateway=gateway.pid) as cpu:
                 load = post_bodies(port, "/v0/events?name=events", AUTH, self.bodies,
                                    o.fresh_bodies, o.clients, seconds, ok=(202,),
                                    interval=interval)
@@ -548,7 +669,7 @@ class Bench:
                  f"{load.elapsed:5.1f} s, {load.sent} bodies [{load.status_text()}]; "
                  f"{stored:,} of {load.rows_ok:,} acked rows stored "
                  f"{drained - load.started - load.elapsed:.1f} s after the load ended = "
-                 f"{stored_rate:,.0f} rows/s stored; gateway VmHWM {peak_mib} MiB")
+                 f"{stored_rate:,.0f} rows/s stored; gateway VmHWM {peak_mib} MiB; {cpu.text}")
         self.out(f"freshness {label:8s} {len(acked)} markers (every "
                  f"{o.marker_interval * 1000:.0f} ms, ClickHouse polled every "
                  f"{o.poll_interval * 1000:.0f} ms): 202 -> queryable p50 {pct(delays, .5):.3f} s "
@@ -585,7 +706,7 @@ class Bench:
                         next_mark += target // 4
 
             conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=o.time_limit + 60)
-            with self.profile("memory-2gib", gateway):
+            with self.profile("memory-2gib", gateway), self.cpu(gateway=pid) as cpu:
                 conn.request("POST", "/v0/events?name=events&wait=true", body=body(),
                              headers=AUTH, encode_chunked=True)
                 response = conn.getresponse()
@@ -602,7 +723,22 @@ class Bench:
                  f"({sent / 1e6 / elapsed:.1f} MB/s, {stored / elapsed:,.0f} rows/s): "
                  f"status {response.status}, {rows:,} rows acked, {stored:,} stored; gateway RSS "
                  f"before {before['VmRSS'] >> 10} MiB, {'; '.join(samples)} MiB; "
-                 f"peak VmHWM {self.peak_mb:.0f} MB")
+                 f"peak VmHWM {self.peak_mb:.0f} MB; {cpu.text}")
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - before) / seconds
+
+
+def wait_quiet(limit: float) -> float:
+    """Wait (at most ``limit`` s) until the machine is idle; return the busy cores seen."""
+    deadline = time.monotonic() + limit
+    busy = busy_cores(5.0)
+    while busy > 0.25 and time.monotonic() < deadline:
+        busy = busy_cores(5.0)
+    return busy
 
 
 def main() -> int:
@@ -627,6 +763,8 @@ def main() -> int:
     args.add_argument("--profile", type=Path, help="py-spy raw profiles into this directory")
     args.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                       help="a non-default TINYINGEST_* setting for every gateway (experiments)")
+    args.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                      help="first wait up to this long for other jobs to leave the CPUs idle")
     args.add_argument("--only", default="throughput,tiny,freshness,memory",
                       help="comma-separated phases")
     o = args.parse_args()
@@ -644,6 +782,7 @@ def main() -> int:
         del os.environ[name]  # the gateway runs with its default settings
     o.gateway_env = dict(item.split("=", 1) for item in o.gateway_env)
 
+    busy = wait_quiet(o.wait_quiet)
     work = Path(tempfile.mkdtemp(prefix="tinyingest-e2e-"))
     started = time.perf_counter()
     try:
@@ -656,7 +795,11 @@ def main() -> int:
             rows = sum(r for _, r in bench.bodies) / len(bench.bodies)
             bench.out(f"# e2e {'--quick ' if quick else ''}on {platform.node()}: "
                       f"{os.cpu_count()} cores, python {platform.python_version()}, "
-                      f"ClickHouse {version}, commit {commit}{' (dirty tree)' if _dirty() else ''}")
+                      f"load average {os.getloadavg()[0]:.2f}, ClickHouse {version}, "
+                      f"commit {commit}{' (dirty tree)' if _dirty() else ''}")
+            if busy > 0.25:
+                bench.out(f"# WARNING: {busy:.2f} cores were busy before the start (other jobs); "
+                          f"see 'other' in the cpu figures: results are skewed")
             if o.gateway_env:
                 bench.out(f"# NOT the defaults: gateway environment {o.gateway_env}")
             bench.out(f"# bodies: {size:.2f} MB NDJSON, ~{rows:,.0f} rows each, "
@@ -667,18 +810,21 @@ def main() -> int:
                 direct = bench.throughput_direct()
                 gw1 = bench.throughput_gateway(1)
                 gw2 = bench.throughput_gateway(2)
-                summary.append(f"throughput ratio gateway/clickhouse-http: w=1 {gw1 / direct:.2f}x, "
+                summary.append(f"throughput ratio gateway/clickhouse-http: "
+                               f"w=1 {gw1 / direct:.2f}x, "
                                f"w=2 {gw2 / direct:.2f}x (target >= 1.5x: "
                                f"{'met' if gw1 / direct >= 1.5 else 'MISSED'} at w=1)")
             if "tiny" in phases:
                 bench.out(f"## 2. tiny events: 1-row POSTs, {o.connections} keep-alive "
                           f"connections, wrk -t{o.wrk_threads} {o.tiny_seconds} s each, 202 mode")
-                bare = bench.tiny_bare()
+                bare = bench.tiny_bare("plain")
+                streaming = bench.tiny_bare("streaming")
                 tiny1 = bench.tiny_gateway(1)
                 tiny2 = bench.tiny_gateway(2)
                 summary.append(f"tiny-events ratio gateway/bare: w=1 {tiny1 / bare:.2f}x "
                                f"(target >= 0.8x: {'met' if tiny1 / bare >= 0.8 else 'MISSED'}), "
-                               f"w=2 {tiny2:,.0f} req/s = {tiny2 / bare:.2f}x one bare process")
+                               f"w=2 {tiny2:,.0f} req/s = {tiny2 / bare:.2f}x one bare process; "
+                               f"bare streaming handler {streaming / bare:.2f}x bare")
             if "freshness" in phases:
                 bench.out(f"## 3. freshness under the throughput load (202 mode, {o.clients} "
                           f"clients unthrottled), then paced at half the rate it sustained")
