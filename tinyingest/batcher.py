@@ -141,6 +141,7 @@ class TableBatcher:
         self._pending_bytes = 0
         self._oldest = 0.0  # monotonic time the oldest pending block arrived
         self._retry_at = 0.0  # while ClickHouse is unreachable: no insert before this
+        self._urgent = False  # a wait=true request is waiting: flush without the timer
         self._backoff = 0.1
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -153,6 +154,19 @@ class TableBatcher:
     @property
     def pending_bytes(self) -> int:
         return self._pending_bytes
+
+    @property
+    def pending_age(self) -> float:
+        """Seconds the oldest pending block has waited (0 when nothing is pending)."""
+        return time.monotonic() - self._oldest if self._pending else 0.0
+
+    def expedite(self) -> None:
+        """Somebody waits for the pending rows (``wait=true``): insert them as soon as the
+        writer is free instead of at the flush interval. Requests that arrive while an
+        insert runs are grouped into the next one (group commit)."""
+        if self._pending:
+            self._urgent = True
+            self._wakeup.set()
 
     def add(self, block: EncodedBlock, record: RecordId | None = None) -> asyncio.Future[None]:
         """Queue ``block``; the future resolves when it is stored in ClickHouse."""
@@ -190,7 +204,7 @@ class TableBatcher:
         now = time.monotonic()
         if self._retry_at > now:
             return self._retry_at - now
-        if self._closing or self._pending_rows >= limits.flush_rows \
+        if self._closing or self._urgent or self._pending_rows >= limits.flush_rows \
                 or self._pending_bytes >= limits.flush_bytes:
             return 0.0
         return max(0.0, self._oldest + limits.flush_interval - now)
@@ -211,9 +225,26 @@ class TableBatcher:
                 except TimeoutError:
                     pass
                 continue
-            batch, self._pending = self._pending, []
-            self._pending_rows = self._pending_bytes = 0
-            await self._deliver(batch)
+            await self._deliver(self._take_batch())
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest pending blocks, up to one insert's worth (``flush_rows`` /
+        ``flush_bytes``): a backlog is inserted in bounded pieces, not copied whole."""
+        limits = self._limits
+        rows = size = count = 0
+        for item in self._pending:
+            if count and (rows >= limits.flush_rows or size >= limits.flush_bytes):
+                break
+            rows += item.block.num_rows
+            size += item.block.nbytes
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        self._pending_rows -= rows
+        self._pending_bytes -= size
+        self._urgent = self._urgent and bool(self._pending)
+        if self._pending:
+            self._oldest = time.monotonic()
+        return batch
 
     async def _deliver(self, batch: list[_Pending]) -> None:
         error = await self._insert([item.block for item in batch])

@@ -47,7 +47,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     """Run one gateway process until SIGTERM/SIGINT; ``worker`` is its number under --workers."""
     from tornado.httpserver import HTTPServer
 
-    from tinyingest.auth import Authorizer
+    from tinyingest.auth import Authorizer, project_tokens
     from tinyingest.gateway import Gateway, StartupError
     from tinyingest.routes import make_app
     from tinyingest.template import TemplateError
@@ -74,7 +74,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
         await gateway.close()
         return 2
     server = HTTPServer(
-        make_app(gateway, Authorizer(token)),
+        make_app(gateway, Authorizer(token, project_tokens(project, settings.data_dir))),
         # Tornado's defaults are unsafe for ingestion: 3600 s for headers, no body timeout.
         idle_connection_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,

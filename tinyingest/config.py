@@ -50,6 +50,8 @@ class Settings:
     spool_fsync: str = "none"
     #: Encoded rows held in memory for all tables before new rows are refused with 503.
     max_pending_bytes: int = 256 << 20
+    #: Seconds the oldest pending row may wait for ClickHouse before new rows get 503.
+    max_pending_age: float = 2.0
     #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.
     query_timeout: float = 10.0
     query_max_rows: int = 100_000
@@ -77,6 +79,7 @@ class Settings:
             "spool_max_bytes": _env_int("TINYINGEST_SPOOL_MAX_BYTES", cls.spool_max_bytes),
             "spool_fsync": os.environ.get("TINYINGEST_SPOOL_FSYNC") or cls.spool_fsync,
             "max_pending_bytes": _env_int("TINYINGEST_MAX_PENDING_BYTES", cls.max_pending_bytes),
+            "max_pending_age": _env_float("TINYINGEST_MAX_PENDING_AGE", cls.max_pending_age),
             "query_timeout": _env_float("TINYINGEST_QUERY_TIMEOUT", cls.query_timeout),
             "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
             "query_connections": _env_int("TINYINGEST_QUERY_CONNECTIONS",

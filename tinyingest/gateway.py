@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyingest import ddl, metrics, parser
+from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
 from tinyingest.batcher import ReaderPool, TableBatcher, Writer
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
@@ -109,7 +110,7 @@ class Gateway:
                 raise StartupError(_create_error(datasource, exc)) from exc
             self.tables[datasource.name] = self._table(datasource)
         for pipe in self.project.pipes.values():
-            check_pipe(pipe, self.readable_tables(), pipes=self.project.pipes)
+            check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
         await self.writer.run(lambda: self._create_views(database))
         log.info("parser: %s; backend: %s (%s); data sources: %s", parser.IMPLEMENTATION,
                  self.sink.name, self.sink, ", ".join(sorted(self.tables)) or "none")
@@ -149,6 +150,11 @@ class Gateway:
                       for t in self.tables.values())
         if pending > self.settings.max_pending_bytes:
             return "too many rows waiting for ClickHouse"
+        # Rows that wait longer than this are not "queryable within a second" any more:
+        # ClickHouse takes less than we accept, so ask clients to slow down.
+        oldest = max((t.batcher.pending_age for t in self.tables.values()), default=0.0)
+        if oldest > self.settings.max_pending_age:
+            return f"ClickHouse is {oldest:.1f} s behind"
         return None
 
     async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
@@ -206,20 +212,26 @@ class Gateway:
         except SinkError as exc:
             log.warning("could not cancel query %s: %s", query_id, exc)
 
-    def readable_tables(self) -> set[str]:
-        """What endpoint and /v0/sql queries may read: data sources and quarantines."""
-        names = set(self.tables)
-        names.update(t.datasource.quarantine_name for t in self.tables.values())
-        return names
+    def readable_tables(self, token: Token | None) -> set[str]:
+        """The data sources (and their quarantines) ``token`` may read; None: all, as a
+        published pipe reads whatever its SQL names."""
+        names = set(self.tables) if token is None or token.is_admin else \
+            token.resources(DATASOURCES_READ) & set(self.tables)
+        return names | {self.tables[name].datasource.quarantine_name for name in names}
 
-    def compile_sql(self, q: str, params: Mapping[str, str | list[str]]) -> CompiledQuery:
-        """``/v0/sql``: a query (a template if it starts with %) over data sources and pipes."""
+    def compile_sql(self, q: str, params: Mapping[str, str | list[str]],
+                    token: Token) -> CompiledQuery:
+        """``/v0/sql``: a query (a template if it starts with %) over what ``token`` may
+        read: data sources, their quarantines and pipes."""
+        pipes = {name: pipe for name, pipe in self.project.pipes.items()
+                 if token.can(PIPES_READ, name)}
         adhoc = Pipe("_sql", "", (Node("_sql", q),))
-        return compile_node(adhoc, "_sql", params, self.readable_tables(),
-                            pipes=self.project.pipes)
+        return compile_node(adhoc, "_sql", params, self.readable_tables(token) | set(pipes),
+                            pipes=pipes, pipe_tables=self.readable_tables(None))
 
     def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]]) -> CompiledQuery:
-        return compile_endpoint(pipe, params, self.readable_tables(), pipes=self.project.pipes)
+        return compile_endpoint(pipe, params, self.readable_tables(None),
+                                pipes=self.project.pipes)
 
     def _create_views(self, database: str) -> None:
         """Materialized pipes: a ClickHouse materialized view per node, ``TO`` its target,
@@ -228,7 +240,7 @@ class Gateway:
             for node in pipe.nodes:
                 if node.type != "materialized" or node.datasource is None:
                     continue
-                select = compile_node(pipe, node.name, {}, self.readable_tables(),
+                select = compile_node(pipe, node.name, {}, self.readable_tables(None),
                                       pipes=self.project.pipes).sql
                 view = ddl.quote_identifier(f"{pipe.name}__{node.name}")
                 self.sink.execute(
@@ -319,6 +331,8 @@ class Ingest:
     async def stored(self) -> None:
         """Wait until ClickHouse has every row of this request; raises SinkError."""
         if self._futures:
+            self.table.batcher.expedite()
+            self.table.quarantine.expedite()
             await asyncio.gather(*self._futures)
 
     def discard_results(self) -> None:

@@ -24,7 +24,15 @@ from typing import Any
 from tornado import web
 
 from tinyingest import parser
-from tinyingest.auth import Authorizer, request_token
+from tinyingest.auth import (
+    ADMIN,
+    DATASOURCES_APPEND,
+    DATASOURCES_READ,
+    PIPES_READ,
+    Authorizer,
+    Token,
+    request_token,
+)
 from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
@@ -63,13 +71,24 @@ class BaseHandler(web.RequestHandler):
         self.set_status(204)
         self.finish()
 
-    def require_admin(self) -> None:
-        token = request_token(self.request.headers.get("Authorization"),
+    def require(self, scope: str = ADMIN, resource: str | None = None) -> Token:
+        """The request's token, which must hold ``scope`` on ``resource`` (403 if not).
+
+        With ``resource`` None only the token's validity is checked (callers then
+        filter what it may see); ``scope=ADMIN`` needs the admin token.
+        """
+        value = request_token(self.request.headers.get("Authorization"),
                               self.get_query_argument("token", None))
-        if token is None:
+        if value is None:
             raise APIError(403, "missing token: send 'Authorization: Bearer <token>'")
-        if not self.authorizer.is_admin(token):
+        token = self.authorizer.identify(value)
+        if token is None:
             raise APIError(403, "invalid token")
+        if scope == ADMIN and not token.is_admin:
+            raise APIError(403, f"token '{token.name}' is not an admin token")
+        if scope != ADMIN and resource is not None and not token.can(scope, resource):
+            raise APIError(403, f"token '{token.name}' has no {scope} scope on '{resource}'")
+        return token
 
     def send_json(self, status: int, body: Any) -> None:
         self.set_status(status)
@@ -139,8 +158,11 @@ class IngestHandler(BaseHandler):
         self._counted = True
         self.gateway.active_requests += 1
         try:
-            self.require_admin()
+            token = self.require(DATASOURCES_APPEND)
             table, fmt, csv_options, sniff = self.target()
+            if not token.can(DATASOURCES_APPEND, table.datasource.name):
+                raise APIError(403, f"token '{token.name}' has no {DATASOURCES_APPEND} scope "
+                                    f"on '{table.datasource.name}'")
             if self.gateway.draining:
                 raise APIError(503, "shutting down", {"Retry-After": "5"})
             overload = self.gateway.overloaded()
@@ -320,7 +342,7 @@ class DataSourcesHandler(IngestHandler):
         await self._handle(self._list())
 
     async def _list(self) -> None:
-        self.require_admin()
+        self.require()
         self.send_json(200, {"datasources": [datasource_json(t) for t in
                                              self.gateway.tables.values()]})
 
@@ -495,7 +517,7 @@ class SQLHandler(QueryHandler):
         await self._handle(self._query())
 
     async def _query(self) -> None:
-        self.require_admin()
+        token = self.require(DATASOURCES_READ)
         params = self.request_params()
         q = params.pop("q", None)
         if q is None and self.request.method == "POST" and not self.request.body_arguments:
@@ -513,7 +535,7 @@ class SQLHandler(QueryHandler):
                 raise APIError(400, f"FORMAT {match.group(1)} is not supported: use JSON, CSV, "
                                     "CSVWithNames or JSONEachRow")
             sql = sql[: match.start()]
-        compiled = self.gateway.compile_sql(sql, params)
+        compiled = self.gateway.compile_sql(sql, params, token)
         await self.run_query(compiled, compiled.sql, output)
 
 
@@ -540,7 +562,7 @@ class PipeDataHandler(QueryHandler):
         await self._handle(self._serve(name, extension))
 
     async def _serve(self, name: str, extension: str) -> None:
-        self.require_admin()
+        token = self.require(PIPES_READ, name)
         output = extension.lower()
         if output not in _FORMATS:
             raise APIError(400, f"format .{extension} is not supported: .json, .csv, .ndjson")
@@ -552,8 +574,9 @@ class PipeDataHandler(QueryHandler):
         sql = compiled.sql
         q = params.get("q")
         if q:
+            # q is the caller's own SQL: it reads only what the token may read.
             sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
-                          self.gateway.readable_tables())
+                          self.gateway.readable_tables(token))
         await self.run_query(compiled, sql, output)
 
 
@@ -583,10 +606,11 @@ class PipesHandler(BaseHandler):
         await self._handle(self._get(name))
 
     async def _get(self, name: str | None) -> None:
-        self.require_admin()
+        token = self.require(PIPES_READ, name)
         pipes = self.gateway.project.pipes
         if name is None:
-            self.send_json(200, {"pipes": [pipe_json(p) for p in pipes.values()]})
+            self.send_json(200, {"pipes": [pipe_json(p) for p in pipes.values()
+                                           if token.can(PIPES_READ, p.name)]})
             return
         pipe = pipes.get(name)
         if pipe is None:
@@ -605,10 +629,10 @@ class OpenAPIHandler(BaseHandler):
         await self._handle(self._get())
 
     async def _get(self) -> None:
-        self.require_admin()
+        token = self.require(PIPES_READ)
         paths: dict[str, Any] = {}
         for pipe in self.gateway.project.pipes.values():
-            if pipe.endpoint is None:
+            if pipe.endpoint is None or not token.can(PIPES_READ, pipe.name):
                 continue
             parameters = []
             for param in pipe_parameters(pipe):
@@ -635,6 +659,17 @@ class OpenAPIHandler(BaseHandler):
                              "components": {"securitySchemes": {"bearer": {
                                  "type": "http", "scheme": "bearer"}}},
                              "security": [{"bearer": []}]})
+
+
+class TokensHandler(BaseHandler):
+    """``GET /v0/tokens``: the admin token sees every token, with its value and scopes."""
+
+    async def get(self) -> None:
+        await self._handle(self._get())
+
+    async def _get(self) -> None:
+        self.require(ADMIN)
+        self.send_json(200, {"tokens": [t.as_json() for t in self.authorizer.tokens]})
 
 
 class HealthHandler(BaseHandler):

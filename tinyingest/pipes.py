@@ -345,6 +345,9 @@ class _Compiler:
     pipes: Mapping[str, Pipe]
     test_mode: bool
     root: str = ""
+    #: What the nodes of *other* published pipes may read (a pipe reads with its own
+    #: rights, not the caller's); "same": ``allowed``.
+    pipe_tables: Collection[str] | None | str = "same"
     settings: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
     tables: set[str] = field(default_factory=set)
@@ -408,11 +411,14 @@ class _Compiler:
             if endpoint is None:
                 raise PipeError(f"Pipe '{ref.name}' has no endpoint node")
             return self.subquery(published, endpoint)
-        if self.allowed is not None:
+        allowed = self.allowed
+        if pipe.name != self.root and not isinstance(self.pipe_tables, str):
+            allowed = self.pipe_tables
+        if allowed is not None:
             if ref.function:
                 raise PipeError(f"Node '{node.name}': table functions are not allowed: "
                                 f"{ref.name}()")
-            if ref.name not in self.allowed:
+            if ref.name not in allowed:
                 raise PipeError(f"Node '{node.name}': Resource '{ref.name}' not found")
         if not ref.function:
             self.tables.add(ref.name)
@@ -434,7 +440,8 @@ def _strip_semicolon(sql: str,
 def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
                  allowed_tables: Collection[str] | None = None, *,
                  pipes: Mapping[str, Pipe] | None = None,
-                 test_mode: bool = False) -> CompiledQuery:
+                 test_mode: bool = False,
+                 pipe_tables: Collection[str] | None | str = "same") -> CompiledQuery:
     """Compile node ``node`` of ``pipe`` (and the nodes it reads) into one SELECT.
 
     :param params: request parameters; reserved options (:data:`RESERVED_PARAMS`) are
@@ -445,6 +452,9 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
         endpoint node is inlined, with the same parameters).
     :param test_mode: render with placeholder values (see
         :meth:`tinyingest.template.Template.render`).
+    :param pipe_tables: what the nodes of the published pipes in ``pipes`` may read
+        (default: ``allowed_tables``): a caller allowed to read a pipe reads its data
+        through it, not the tables directly.
     :raises TemplateError: a parameter is missing or invalid (400), ``error()``...
     :raises PipeError: unknown node, table or circular reference.
     """
@@ -452,7 +462,7 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
     if target is None:
         raise PipeError(f"Node '{node}' not found in pipe '{pipe.name}'", 404)
     compiler = _Compiler(template_params(params), allowed_tables, pipes or {}, test_mode,
-                         pipe.name)
+                         pipe.name, pipe_tables)
     sql = compiler.node_sql(pipe, target)
     return CompiledQuery(sql, compiler.settings, compiler.hints, target.name,
                          tuple(compiler.order), tuple(sorted(compiler.tables)))

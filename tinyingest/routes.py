@@ -22,6 +22,7 @@ def make_app(gateway: Gateway, authorizer: Authorizer) -> web.Application:
             (r"/v0/pipes/openapi\.json", handlers.OpenAPIHandler, shared),
             (r"/v0/pipes/([^/.]+)\.(\w+)", handlers.PipeDataHandler, shared),
             (r"/v0/pipes/([^/.]+)", handlers.PipesHandler, shared),
+            (r"/v0/tokens", handlers.TokensHandler, shared),
             (r"/healthz", handlers.HealthHandler, shared),
             (r"/metrics", metrics.MetricsHandler),
         ],
