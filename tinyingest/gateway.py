@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ log = logging.getLogger("tinyingest")
 #: upload's memory flat whatever its size.
 BLOCK_ROWS = 65_536
 
+#: NDJSON parsers kept for reuse per table.
+_IDLE_PARSERS = 64
+
 #: Row errors that mean the row could not be read at all (Tinybird's "invalid_lines").
 _UNREADABLE = frozenset({ErrorCode.INVALID_JSON, ErrorCode.NOT_OBJECT, ErrorCode.BAD_CSV,
                          ErrorCode.FIELD_COUNT, ErrorCode.ROW_TOO_LONG, ErrorCode.TOO_DEEP})
@@ -54,6 +57,9 @@ class Table:
     batcher: TableBatcher
     quarantine: TableBatcher
     created_at: float
+    #: NDJSON parsers that finished a body, reused: building one costs more than a tiny
+    #: request's parsing (CSV parsers keep a body's header, so they are not reused).
+    idle_parsers: list[parser.Parser] = field(default_factory=list)
 
 
 class StartupError(Exception):
@@ -283,7 +289,8 @@ class Ingest:
                                  escapechar=options.get("escapechar"))
         else:
             self._columns = table.ndjson_columns
-            self._parser = parser.NDJSONParser(self._columns, max_row_bytes=self._max_row_bytes)
+            self._parser = table.idle_parsers.pop() if table.idle_parsers else \
+                parser.NDJSONParser(self._columns, max_row_bytes=self._max_row_bytes)
         self._rows_since_take = 0
         self._futures: list[asyncio.Future[None]] = []
         self.successful_rows = 0
@@ -300,6 +307,8 @@ class Ingest:
     def finish(self) -> None:
         self._parser.finish()
         self._hand_over()
+        if self._delimiter is None and len(self.table.idle_parsers) < _IDLE_PARSERS:
+            self.table.idle_parsers.append(self._parser)
         metrics.count_rows(self.table.datasource.name, self.successful_rows,
                            self.quarantined_rows)
 

@@ -139,14 +139,21 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+#: Bodies up to this size are read and dropped before an early answer (see answer_early).
+_DISCARD_LIMIT = 8 << 20
+
+
 @web.stream_request_body
 class IngestHandler(BaseHandler):
     """Shared body streaming for ``/v0/events`` and ``/v0/datasources`` appends."""
 
     ingest: Ingest | None = None
-    error: APIError | None = None
     decoder: Decoder | None = None
     multipart: MultipartReader | None = None
+    #: An answer decided before the body was read, sent once the body is read (a
+    #: client still sending would otherwise see its connection reset, not the answer).
+    early: tuple[int, Any, dict[str, str]] | None = None
+    _discarded = 0
 
     def target(self) -> tuple[Table, str, dict[str, bytes | None], bool]:
         """(table, format, CSV options, sniff gzip) from the request; raises APIError."""
@@ -188,8 +195,24 @@ class IngestHandler(BaseHandler):
             self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
                                  import_id=self.import_id())
         except APIError as error:
-            # Answer now; Tornado discards the rest of the body and closes the connection.
-            self.send_api_error(error)
+            self.answer_early(error.status, {"error": error.message}, error.headers)
+
+    def answer_early(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        """Answer without ingesting. A small body is read and dropped first; a large one
+        (or a 413) is answered now, and Tornado closes the connection after the answer."""
+        length = self.request.headers.get("Content-Length", "")
+        if status == 413 or (length.isdigit() and int(length) > _DISCARD_LIMIT):
+            self._send_early(status, body, headers)
+        else:
+            self.early = (status, body, headers)
+
+    def _send_early(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        if self._finished:
+            return
+        self.clear()
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.send_json(status, body)
 
     def import_id(self) -> str:
         return ""
@@ -211,8 +234,7 @@ class IngestHandler(BaseHandler):
             raise APIError(409, f"request {request_id} is still being processed",
                            {"Retry-After": "1"})
         assert not isinstance(previous, bool)
-        self.set_header("X-Idempotent-Replay", "true")
-        self.send_json(previous.status, previous.body)
+        self.answer_early(previous.status, previous.body, {"X-Idempotent-Replay": "true"})
         return True
 
     def send_json(self, status: int, body: Any) -> None:
@@ -222,6 +244,12 @@ class IngestHandler(BaseHandler):
         super().send_json(status, body)
 
     async def data_received(self, chunk: bytes) -> None:
+        if self.early is not None:
+            self._discarded += len(chunk)
+            if self._discarded > _DISCARD_LIMIT:  # a long chunked body: answer now
+                early, self.early = self.early, None
+                self._send_early(*early)
+            return
         if self._finished or self.ingest is None or self.decoder is None:
             return
         try:
@@ -288,6 +316,8 @@ class EventsHandler(IngestHandler):
         return table, "ndjson", {}, False
 
     async def post(self) -> None:
+        if self.early is not None:
+            self._send_early(*self.early)
         if not self._finished:
             await self._handle(self._answer())
 
@@ -347,6 +377,8 @@ class DataSourcesHandler(IngestHandler):
                                              self.gateway.tables.values()]})
 
     async def post(self) -> None:
+        if self.early is not None:
+            self._send_early(*self.early)
         if not self._finished:
             await self._handle(self._append())
 
