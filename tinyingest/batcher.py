@@ -115,6 +115,7 @@ class _Pending:
     block: EncodedBlock
     record: RecordId | None  # its spool record, acknowledged once stored
     waiter: asyncio.Future[None] | None
+    arrived: float  # monotonic time it was added
 
 
 class TableBatcher:
@@ -139,7 +140,6 @@ class TableBatcher:
         self._pending: list[_Pending] = []
         self._pending_rows = 0
         self._pending_bytes = 0
-        self._oldest = 0.0  # monotonic time the oldest pending block arrived
         self._retry_at = 0.0  # while ClickHouse is unreachable: no insert before this
         self._urgent = False  # a wait=true request is waiting: flush without the timer
         self._backoff = 0.1
@@ -158,7 +158,7 @@ class TableBatcher:
     @property
     def pending_age(self) -> float:
         """Seconds the oldest pending block has waited (0 when nothing is pending)."""
-        return time.monotonic() - self._oldest if self._pending else 0.0
+        return time.monotonic() - self._pending[0].arrived if self._pending else 0.0
 
     def expedite(self) -> None:
         """Somebody waits for the pending rows (``wait=true``): insert them as soon as the
@@ -176,9 +176,7 @@ class TableBatcher:
             if record is not None:
                 self._on_stored([record])
             return future
-        if not self._pending:
-            self._oldest = time.monotonic()
-        self._pending.append(_Pending(block, record, future))
+        self._pending.append(_Pending(block, record, future, time.monotonic()))
         self._pending_rows += block.num_rows
         self._pending_bytes += block.nbytes
         if self._task is None:
@@ -207,7 +205,7 @@ class TableBatcher:
         if self._closing or self._urgent or self._pending_rows >= limits.flush_rows \
                 or self._pending_bytes >= limits.flush_bytes:
             return 0.0
-        return max(0.0, self._oldest + limits.flush_interval - now)
+        return max(0.0, self._pending[0].arrived + limits.flush_interval - now)
 
     async def _run(self) -> None:
         while True:
@@ -242,8 +240,6 @@ class TableBatcher:
         self._pending_rows -= rows
         self._pending_bytes -= size
         self._urgent = self._urgent and bool(self._pending)
-        if self._pending:
-            self._oldest = time.monotonic()
         return batch
 
     async def _deliver(self, batch: list[_Pending]) -> None:

@@ -6,6 +6,7 @@ Ingest counters are bumped by the ingest handlers through :func:`count_rows`.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from tornado import web
@@ -20,15 +21,27 @@ ROWS = Counter("tinyingest_rows_total", "Rows received by data source and outcom
                ["datasource", "outcome"], registry=REGISTRY)
 
 
+# Labelled children, looked up once: labels() costs more than the observation itself.
+_request_series: dict[tuple[str, int], Any] = {}
+_row_series: dict[str, tuple[Any, Any]] = {}
+
+
 def log_request(handler: web.RequestHandler) -> None:
     """Tornado ``log_function``: one observation per finished request."""
-    REQUESTS.labels(type(handler).__name__, str(handler.get_status())).observe(
-        handler.request.request_time())
+    key = (type(handler).__name__, handler.get_status())
+    series = _request_series.get(key)
+    if series is None:
+        series = _request_series[key] = REQUESTS.labels(key[0], str(key[1]))
+    series.observe(handler.request.request_time())
 
 
 def count_rows(datasource: str, stored: int, quarantined: int) -> None:
-    ROWS.labels(datasource, "stored").inc(stored)
-    ROWS.labels(datasource, "quarantined").inc(quarantined)
+    series = _row_series.get(datasource)
+    if series is None:
+        series = _row_series[datasource] = (ROWS.labels(datasource, "stored"),
+                                            ROWS.labels(datasource, "quarantined"))
+    series[0].inc(stored)
+    series[1].inc(quarantined)
 
 
 class MetricsHandler(web.RequestHandler):
