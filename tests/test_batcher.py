@@ -1,0 +1,99 @@
+"""The batcher against the real backends: when it flushes, and what a waiter learns."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tinyingest.batcher import BatchLimits, TableBatcher, Writer
+from tinyingest.block import EncodedBlock
+from tinyingest.native import encode_rows_py
+from tinyingest.schema import ColumnSpec
+from tinyingest.sinks import Sink, SinkError
+
+COLUMNS = [ColumnSpec.build("id", "UInt64"), ColumnSpec.build("name", "Nullable(String)")]
+
+
+def rows(start: int, count: int) -> EncodedBlock:
+    return encode_rows_py(["id", "name"], ["UInt64", "Nullable(String)"],
+                          [(i, None if i % 2 else f"n{i}") for i in range(start, start + count)])
+
+
+def count(sink: Sink) -> int:
+    return int(sink.query("SELECT count() FROM t").rows[0][0])
+
+
+def run(sink: Sink, limits: BatchLimits, scenario: object) -> None:
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
+
+    async def main() -> None:
+        writer = Writer(sink)
+        batcher = TableBatcher(writer, "t", COLUMNS, limits)
+        try:
+            await scenario(batcher)  # type: ignore[operator]
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()  # the sink is closed by its fixture
+
+    asyncio.run(main())
+
+
+def test_rows_limit_flushes_without_waiting_for_the_interval(sink: Sink) -> None:
+    async def scenario(batcher: TableBatcher) -> None:
+        futures = [batcher.add(rows(i * 4, 4)) for i in range(3)]  # 12 rows >= 10
+        await asyncio.wait_for(asyncio.gather(*futures), 20)
+        assert count(sink) == 12
+    run(sink, BatchLimits(flush_rows=10, flush_interval=600), scenario)
+
+
+def test_expedite_flushes_a_waited_block_now(sink: Sink) -> None:
+    async def scenario(batcher: TableBatcher) -> None:
+        future = batcher.add(rows(0, 3))
+        await asyncio.sleep(0.2)
+        assert not future.done()  # the interval is 10 minutes
+        batcher.expedite()  # a wait=true request is waiting
+        await asyncio.wait_for(future, 20)
+        assert count(sink) == 3
+    run(sink, BatchLimits(flush_interval=600), scenario)
+
+
+def test_backlog_is_inserted_in_bounded_pieces(sink: Sink) -> None:
+    async def scenario(batcher: TableBatcher) -> None:
+        futures = [batcher.add(rows(i * 5, 5)) for i in range(4)]
+        await asyncio.wait_for(asyncio.gather(*futures), 20)
+        assert count(sink) == 20
+        names = sink.query("SELECT countIf(name IS NULL), countIf(name = 'n2') FROM t").rows
+        assert names == [(10, 1)]
+    run(sink, BatchLimits(flush_rows=5, flush_interval=0.05), scenario)
+
+
+def test_refused_rows_fail_the_waiter_and_go_to_on_refused(sink: Sink) -> None:
+    refused: list[tuple[int, str]] = []
+
+    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> None:
+        refused.extend((block.num_rows, str(error)) for block in blocks)
+
+    async def scenario(batcher: TableBatcher) -> None:
+        sink.execute("ALTER TABLE t DROP COLUMN name")  # schema drift
+        future = batcher.add(rows(0, 2))
+        batcher.expedite()
+        try:
+            await asyncio.wait_for(future, 20)
+        except SinkError:
+            pass
+        else:
+            raise AssertionError("a refused insert resolved its waiter")
+
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
+
+    async def main() -> None:
+        writer = Writer(sink)
+        batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(insert_attempts=2),
+                               on_refused=on_refused)
+        try:
+            await scenario(batcher)
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()
+
+    asyncio.run(main())
+    assert [n for n, _ in refused] == [2] and "name" in refused[0][1]
