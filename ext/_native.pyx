@@ -79,6 +79,8 @@ cdef class _ParserCore:
     cdef Buf _errrecs           # ErrRec array
     cdef int _err_code          # set by a failing scan step
     cdef int _err_col
+    cdef const char* _bad_ptr   # the offending text of a failed conversion (may be _scratch)
+    cdef Py_ssize_t _bad_len
 
     def __cinit__(self, *args, **kwargs):
         self._cols = NULL
@@ -113,6 +115,10 @@ cdef class _ParserCore:
             col.length = spec.length
             col.scale = spec.scale
             col.precision = spec.precision
+            col.depth = spec.array_depth
+            if col.depth and spec.default_text is not None:
+                raise SchemaError(
+                    f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}")
             for name, value in spec.enum_values:
                 entry.off = col.enum_names.len
                 entry.len = len(name)
@@ -146,6 +152,8 @@ cdef class _ParserCore:
                 buf_free(&self._cols[i].default_value)
                 buf_free(&self._cols[i].enum_names)
                 buf_free(&self._cols[i].enum_entries)
+                buf_free(&self._cols[i].ends[0])
+                buf_free(&self._cols[i].ends[1])
             PyMem_Free(self._cols)
         PyMem_Free(self._slots)
         buf_free(&self._tail)
@@ -165,11 +173,20 @@ cdef class _ParserCore:
         columns = []
         for i in range(self._ncols):
             col = &self._cols[i]
-            columns.append(ColumnData(
-                PyBytes_FromStringAndSize(col.values.ptr, col.values.len),
-                PyBytes_FromStringAndSize(col.offsets.ptr, col.offsets.len) if col.width == 0 else None,
-                PyBytes_FromStringAndSize(col.nulls.ptr, col.nulls.len) if col.nullable else None,
-            ))
+            if col.depth:
+                columns.append(ColumnData(
+                    self._array_payload(col),
+                    PyBytes_FromStringAndSize(col.ends[0].ptr, col.ends[0].len),
+                    None,
+                ))
+                col.ends[0].len = 0
+                col.ends[1].len = 0
+            else:
+                columns.append(ColumnData(
+                    PyBytes_FromStringAndSize(col.values.ptr, col.values.len),
+                    PyBytes_FromStringAndSize(col.offsets.ptr, col.offsets.len) if col.width == 0 else None,
+                    PyBytes_FromStringAndSize(col.nulls.ptr, col.nulls.len) if col.nullable else None,
+                ))
             col.values.len = 0
             col.offsets.len = 8 if col.width == 0 else 0  # keep the leading 0
             col.nulls.len = 0
@@ -186,6 +203,36 @@ cdef class _ParserCore:
         block = Block(self._num_rows, columns, errors)
         self._num_rows = 0
         return block
+
+    cdef bytes _array_payload(self, Column* col):
+        # The nested Native payload of an Array column: inner end offsets, the elements'
+        # null map, then the elements (String: varint length + bytes each).
+        cdef Buf out
+        cdef Py_ssize_t count = col_children(col, col.depth)
+        cdef size_t inner = <size_t>col.ends[1].len if col.depth > 1 else 0
+        cdef size_t nulls = <size_t>col.nulls.len
+        cdef int rc
+        memset(&out, 0, sizeof(Buf))
+        try:
+            with nogil:
+                rc = buf_reserve(&out, <Py_ssize_t>(inner + nulls) + col.values.len + count * 10)
+                if rc == 0:
+                    if inner:
+                        memcpy(out.ptr, col.ends[1].ptr, inner)
+                    if nulls:
+                        memcpy(out.ptr + inner, col.nulls.ptr, nulls)
+                    out.len = <Py_ssize_t>(inner + nulls)
+                    if col.code == TYPE_STRING:
+                        rc = strings_native(<const int64_t*>col.offsets.ptr, count,
+                                            <const unsigned char*>col.values.ptr, &out)
+                    elif col.values.len:
+                        memcpy(out.ptr + out.len, col.values.ptr, <size_t>col.values.len)
+                        out.len += col.values.len
+            if rc < 0:
+                raise MemoryError()
+            return PyBytes_FromStringAndSize(out.ptr, out.len)
+        finally:
+            buf_free(&out)
 
     cdef bytes _strip_bom(self, bytes data):
         # Only the body's first bytes may be a BOM; decide once three bytes were seen.
@@ -358,48 +405,122 @@ cdef class _ParserCore:
         # recorded, row undone) or ERR_NO_MEMORY.
         cdef Slot* slot = &self._slots[i]
         cdef Column* col = &self._cols[i]
-        cdef int rc
-        cdef int code
-        if slot.kind == KIND_MISSING:
-            rc = col_append_missing(col)
-        elif slot.kind == KIND_NULL:
-            if not col.nullable:
-                rc = self._fail_row(row, n, i, i, ERR_NULL, slot.ptr, slot.len)
-                return ERR_NULL if rc == ERR_NONE else rc
-            rc = col_append_zero(col, 1)
-        elif slot.kind == KIND_NESTED and col.code == TYPE_STRING:
-            if self._compact(&col.values, <const unsigned char*>slot.ptr, slot.len) < 0:
-                return ERR_NO_MEMORY
-            rc = ERR_NO_MEMORY if col_end_string(col) < 0 or col_push_null_flag(col, 0) < 0 else ERR_NONE
-        elif slot.kind == KIND_NESTED:
-            self._scratch.len = 0
-            if self._compact(&self._scratch, <const unsigned char*>slot.ptr, slot.len) < 0:
-                return ERR_NO_MEMORY
-            rc = self._fail_row(row, n, i, i, ERR_BAD_VALUE, self._scratch.ptr, self._scratch.len)
-            return ERR_BAD_VALUE if rc == ERR_NONE else rc
-        elif slot.kind == KIND_JSON_STRING and slot.escaped:
-            if col.code == TYPE_STRING:
-                if self._unescape(&col.values, <const unsigned char*>slot.ptr, slot.len) < 0:
-                    return ERR_NO_MEMORY
-                rc = ERR_NO_MEMORY if col_end_string(col) < 0 or col_push_null_flag(col, 0) < 0 else ERR_NONE
-            else:
-                self._scratch.len = 0
-                if self._unescape(&self._scratch, <const unsigned char*>slot.ptr, slot.len) < 0:
-                    return ERR_NO_MEMORY
-                rc = convert_text(col, <const unsigned char*>self._scratch.ptr, self._scratch.len, True)
-                if rc != ERR_NONE and rc != ERR_NO_MEMORY:
-                    code = rc
-                    rc = self._fail_row(row, n, i, i, code, self._scratch.ptr, self._scratch.len)
-                    return code if rc == ERR_NONE else rc
-        else:
-            # JSON strings were validated as UTF-8 by the scan; CSV fields were not.
-            rc = convert_text(col, <const unsigned char*>slot.ptr, slot.len,
-                              slot.kind != KIND_JSON_STRING)
+        cdef int rc, code
+        if col.depth:
+            col_mark_row(col)
+            rc = self._store_array(col, slot.kind, slot.escaped, slot.ptr, slot.len, 0)
             if rc != ERR_NONE and rc != ERR_NO_MEMORY:
-                code = rc
-                rc = self._fail_row(row, n, i, i, code, slot.ptr, slot.len)
-                return code if rc == ERR_NONE else rc
-        return rc
+                col_undo_row(col)  # the elements stored before the bad one
+        elif slot.kind == KIND_MISSING:
+            return col_append_missing(col)
+        else:
+            rc = self._store_elem(col, slot.kind, slot.escaped, slot.ptr, slot.len)
+        if rc == ERR_NONE or rc == ERR_NO_MEMORY:
+            return rc
+        code = self._fail_row(row, n, i, i, rc, self._bad_ptr, self._bad_len)
+        return rc if code == ERR_NONE else code
+
+    @cython.final
+    cdef int _store_elem(self, Column* col, int kind, bint escaped, const char* ptr,
+                         Py_ssize_t length) noexcept nogil:
+        # One value (a row's, or an array element; not missing) into col. Returns
+        # ERR_NONE, ERR_NO_MEMORY, or a row error with the offending text in _bad_ptr /
+        # _bad_len (col untouched).
+        cdef int rc
+        if kind == KIND_NULL:
+            if not col.nullable:
+                self._bad_ptr = ptr
+                self._bad_len = length
+                return ERR_NULL
+            return col_append_zero(col, 1)
+        if kind == KIND_NESTED and col.code == TYPE_STRING:
+            if self._compact(&col.values, <const unsigned char*>ptr, length) < 0:
+                return ERR_NO_MEMORY
+            return ERR_NO_MEMORY if col_end_string(col) < 0 or col_push_null_flag(col, 0) < 0 else ERR_NONE
+        if kind == KIND_NESTED:
+            self._scratch.len = 0
+            if self._compact(&self._scratch, <const unsigned char*>ptr, length) < 0:
+                return ERR_NO_MEMORY
+            self._bad_ptr = self._scratch.ptr
+            self._bad_len = self._scratch.len
+            return ERR_BAD_VALUE
+        if kind == KIND_JSON_STRING and escaped:
+            if col.code == TYPE_STRING:
+                if self._unescape(&col.values, <const unsigned char*>ptr, length) < 0:
+                    return ERR_NO_MEMORY
+                return ERR_NO_MEMORY if col_end_string(col) < 0 or col_push_null_flag(col, 0) < 0 else ERR_NONE
+            self._scratch.len = 0
+            if self._unescape(&self._scratch, <const unsigned char*>ptr, length) < 0:
+                return ERR_NO_MEMORY
+            self._bad_ptr = self._scratch.ptr
+            self._bad_len = self._scratch.len
+            return convert_text(col, <const unsigned char*>self._scratch.ptr, self._scratch.len, True)
+        # JSON strings were validated as UTF-8 by the scan; CSV fields were not.
+        self._bad_ptr = ptr
+        self._bad_len = length
+        return convert_text(col, <const unsigned char*>ptr, length, kind != KIND_JSON_STRING)
+
+    @cython.final
+    cdef int _store_array(self, Column* col, int kind, bint escaped, const char* ptr,
+                          Py_ssize_t length, int level) noexcept nogil:
+        # A JSON array (raw text, already validated by the scan) into level `level` of
+        # an Array column: its elements, then its end offset. Null or missing is the
+        # empty array; any other value is BAD_VALUE. Returns like _store_elem, with the
+        # column possibly part-filled on a row error (the caller undoes the row).
+        cdef const unsigned char* s = <const unsigned char*>ptr
+        cdef Py_ssize_t pos, stop
+        cdef unsigned char c
+        cdef bint item_escaped
+        cdef int item_kind, rc
+        if kind == KIND_NESTED and s[0] == b'[':
+            pos = json_ws(s, 1, length)
+            while s[pos] != b']':
+                c = s[pos]
+                item_escaped = False
+                if c == b'"':
+                    stop = json_string_end(s, pos, &item_escaped)
+                    item_kind = KIND_JSON_STRING
+                elif c == b'[' or c == b'{':
+                    stop = json_nested_end(s, pos)
+                    item_kind = KIND_NESTED
+                elif c == b'n':
+                    stop = pos + 4
+                    item_kind = KIND_NULL
+                else:  # a number, true or false
+                    stop = pos + 1
+                    while stop < length and not is_ws(s[stop]) and s[stop] != b',' \
+                            and s[stop] != b']':
+                        stop += 1
+                    item_kind = KIND_TEXT
+                if item_kind == KIND_JSON_STRING:
+                    ptr = <const char*>s + pos + 1
+                    rc = stop - pos - 2
+                else:
+                    ptr = <const char*>s + pos
+                    rc = stop - pos
+                if level + 1 < col.depth:
+                    rc = self._store_array(col, item_kind, item_escaped, ptr, rc, level + 1)
+                else:
+                    rc = self._store_elem(col, item_kind, item_escaped, ptr, rc)
+                if rc != ERR_NONE:
+                    return rc
+                pos = json_ws(s, stop, length)
+                if s[pos] == b',':
+                    pos = json_ws(s, pos + 1, length)
+        elif kind != KIND_NULL and kind != KIND_MISSING:
+            # Not an array: report the value as a scalar column would show it.
+            if kind == KIND_NESTED or (kind == KIND_JSON_STRING and escaped):
+                self._scratch.len = 0
+                if (self._compact(&self._scratch, s, length) if kind == KIND_NESTED
+                        else self._unescape(&self._scratch, s, length)) < 0:
+                    return ERR_NO_MEMORY
+                self._bad_ptr = self._scratch.ptr
+                self._bad_len = self._scratch.len
+            else:
+                self._bad_ptr = ptr
+                self._bad_len = length
+            return ERR_BAD_VALUE
+        return col_end_array(col, level)
 
     @cython.final
     cdef int _store_all(self, const char* row, Py_ssize_t n) noexcept nogil:
@@ -450,6 +571,44 @@ cdef inline Py_ssize_t encode_utf8(char* out, unsigned int cp) noexcept nogil:
     return 4
 
 
+cdef inline Py_ssize_t json_ws(const unsigned char* s, Py_ssize_t pos,
+                               Py_ssize_t end) noexcept nogil:
+    while pos < end and is_ws(s[pos]):
+        pos += 1
+    return pos
+
+
+cdef inline Py_ssize_t json_string_end(const unsigned char* s, Py_ssize_t pos,
+                                       bint* escaped) noexcept nogil:
+    # The end (after the closing quote) of the validated JSON string at pos.
+    pos += 1
+    while s[pos] != b'"':
+        if s[pos] == b'\\':
+            escaped[0] = True
+            pos += 1
+        pos += 1
+    return pos + 1
+
+
+cdef Py_ssize_t json_nested_end(const unsigned char* s, Py_ssize_t pos) noexcept nogil:
+    # The end of the validated JSON object or array at pos.
+    cdef Py_ssize_t depth = 0
+    cdef bint escaped = False
+    cdef unsigned char c
+    while True:
+        c = s[pos]
+        if c == b'"':
+            pos = json_string_end(s, pos, &escaped)
+            continue
+        if c == b'[' or c == b'{':
+            depth += 1
+        elif c == b']' or c == b'}':
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+        pos += 1
+
+
 cdef void memset_column(Column* col) noexcept nogil:
     memset(col, 0, sizeof(Column))
 
@@ -465,6 +624,31 @@ include "ndjson.pxi"
 include "csv.pxi"
 
 
+cdef int strings_native(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
+                        Buf* out) noexcept nogil:
+    # (offsets[count + 1], data) -> varint length + bytes per value, appended to out.
+    cdef Py_ssize_t i, start, length
+    cdef uint64_t v
+    if count <= 0:
+        return 0
+    if buf_reserve(out, offs[count] - offs[0] + count * 10) < 0:
+        return -1
+    for i in range(count):
+        start = offs[i]
+        length = offs[i + 1] - start
+        v = <uint64_t>length
+        while v >= 0x80:
+            out.ptr[out.len] = <char>((v & 0x7F) | 0x80)
+            out.len += 1
+            v >>= 7
+        out.ptr[out.len] = <char>v
+        out.len += 1
+        if length:
+            memcpy(out.ptr + out.len, data + start, <size_t>length)
+            out.len += length
+    return 0
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def encode_strings(offsets, data):
@@ -473,8 +657,8 @@ def encode_strings(offsets, data):
     cdef const unsigned char[::1] data_view = data
     cdef Py_ssize_t count = off_view.shape[0] // 8 - 1
     cdef const int64_t* offs
-    cdef Py_ssize_t i, start, length
-    cdef uint64_t v
+    cdef const unsigned char* data_ptr = NULL
+    cdef int rc
     cdef Buf out
     cdef bytes result
     memset(&out, 0, sizeof(Buf))
@@ -483,27 +667,37 @@ def encode_strings(offsets, data):
     offs = <const int64_t*>&off_view[0]
     if offs[count] > data_view.shape[0] or offs[0] != 0:
         raise ValueError("offsets do not match data")
+    if data_view.shape[0]:
+        data_ptr = &data_view[0]
     try:
         with nogil:
-            if buf_reserve(&out, offs[count] + count * 10) < 0:
-                with gil:
-                    raise MemoryError()
-            for i in range(count):
-                start = offs[i]
-                length = offs[i + 1] - start
-                v = <uint64_t>length
-                while v >= 0x80:
-                    out.ptr[out.len] = <char>((v & 0x7F) | 0x80)
-                    out.len += 1
-                    v >>= 7
-                out.ptr[out.len] = <char>v
-                out.len += 1
-                if length:
-                    memcpy(out.ptr + out.len, &data_view[start], <size_t>length)
-                    out.len += length
+            rc = strings_native(offs, count, data_ptr, &out)
+        if rc < 0:
+            raise MemoryError()
         result = PyBytes_FromStringAndSize(out.ptr, out.len)
     finally:
         buf_free(&out)
+    return result
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def shift_offsets(offsets, uint64_t base):
+    """UInt64 values (native order) + ``base`` each: Array offsets of a later block."""
+    cdef const unsigned char[::1] view = offsets
+    cdef Py_ssize_t count = view.shape[0] // 8
+    cdef Py_ssize_t i
+    cdef uint64_t* out
+    cdef bytes result
+    if view.shape[0] % 8:
+        raise ValueError("offsets must be UInt64 values")
+    result = PyBytes_FromStringAndSize(NULL, view.shape[0])
+    if count:
+        out = <uint64_t*><char*>result
+        memcpy(out, &view[0], <size_t>view.shape[0])
+        with nogil:
+            for i in range(count):
+                out[i] += base
     return result
 
 

@@ -32,6 +32,10 @@ cdef struct Column:
     Py_ssize_t enum_count
     int scale           # DateTime64(p): p; Decimal(P, S): S
     int precision       # Decimal(P, S): P
+    # Array(T) / Array(Array(T)): values, offsets and nulls above hold the elements.
+    int depth           # 1 or 2 for an Array column; 0 otherwise
+    Buf ends[2]         # per level, UInt64 array end offsets (ends[0]: one per row)
+    Py_ssize_t marks[5] # values, offsets, nulls, ends[0], ends[1] lengths at the row's start
 
 
 cdef struct EnumEntry:
@@ -87,8 +91,42 @@ cdef int col_append_missing(Column* col) noexcept nogil:
     return col_append_zero(col, 1 if col.nullable else 0)
 
 
+cdef inline void col_mark_row(Column* col) noexcept nogil:
+    # Array columns: where this row starts, for col_undo_row.
+    col.marks[0] = col.values.len
+    col.marks[1] = col.offsets.len
+    col.marks[2] = col.nulls.len
+    col.marks[3] = col.ends[0].len
+    col.marks[4] = col.ends[1].len
+
+
+cdef inline Py_ssize_t col_children(Column* col, int level) noexcept nogil:
+    # Array columns: how many items level `level` holds (arrays, or elements).
+    if level < col.depth:
+        return col.ends[level].len // 8
+    if col.nullable:
+        return col.nulls.len
+    if col.width == 0:
+        return col.offsets.len // 8 - 1
+    return col.values.len // col.width
+
+
+cdef inline int col_end_array(Column* col, int level) noexcept nogil:
+    cdef uint64_t end = <uint64_t>col_children(col, level + 1)
+    if buf_append(&col.ends[level], <const char*>&end, 8) < 0:
+        return ERR_NO_MEMORY
+    return ERR_NONE
+
+
 cdef void col_undo_row(Column* col) noexcept nogil:
     # Drop the last appended row (a later column of the same row failed).
+    if col.depth:
+        col.values.len = col.marks[0]
+        col.offsets.len = col.marks[1]
+        col.nulls.len = col.marks[2]
+        col.ends[0].len = col.marks[3]
+        col.ends[1].len = col.marks[4]
+        return
     if col.width:
         col.values.len -= col.width
     else:

@@ -34,6 +34,7 @@ cdef class NDJSONParser(_ParserCore):
     cdef Py_ssize_t* _key_len
     cdef Buf _keys              # all keys' UTF-8 bytes
     cdef int* _parent           # per node: its parent node (-1 for the root)
+    cdef int* _index            # per node: its array index ($.a[0]), or -1 for a key
     cdef int _hint              # the node tried first by _find_child, or -1
 
     def __cinit__(self, *args, **kwargs):
@@ -45,19 +46,21 @@ cdef class NDJSONParser(_ParserCore):
         self._key_off = NULL
         self._key_len = NULL
         self._parent = NULL
+        self._index = NULL
         self._hint = -1
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         super().__init__(columns, max_row_bytes=max_row_bytes)
         # Build the trie in Python (once), then flatten it into C arrays.
-        nodes = [({}, [])]  # (children: key -> node index, leaf columns)
+        # (children: key bytes or array index int -> node index, leaf columns)
+        nodes = [({}, [])]
         for index, spec in enumerate(self._specs):
             if spec.path is None:
                 raise SchemaError(f"column '{spec.name}' has no jsonpath")
             node = 0
             for key in spec.path:
                 children = nodes[node][0]
-                raw = key.encode()
+                raw = key if isinstance(key, int) else key.encode()
                 if raw not in children:
                     children[raw] = len(nodes)
                     nodes.append(({}, []))
@@ -74,9 +77,10 @@ cdef class NDJSONParser(_ParserCore):
         self._key_off = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * count)
         self._key_len = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * count)
         self._parent = <int*>PyMem_Malloc(sizeof(int) * count)
+        self._index = <int*>PyMem_Malloc(sizeof(int) * count)
         if (self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
-                or self._key_len == NULL or self._parent == NULL):
+                or self._key_len == NULL or self._parent == NULL or self._index == NULL):
             raise MemoryError()
         for i in range(count):
             self._first_child[i] = -1
@@ -84,6 +88,7 @@ cdef class NDJSONParser(_ParserCore):
             self._key_off[i] = 0
             self._key_len[i] = 0
             self._parent[i] = -1
+            self._index[i] = -1
             self._leaf_start[i] = leaf_pos
             self._leaf_count[i] = len(nodes[i][1])
             for column in nodes[i][1]:
@@ -92,11 +97,16 @@ cdef class NDJSONParser(_ParserCore):
         for i in range(count):
             previous = -1
             for raw, child in nodes[i][0].items():
-                self._key_off[child] = self._keys.len
-                self._key_len[child] = len(raw)
                 self._parent[child] = i
-                if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
-                    raise MemoryError()
+                if isinstance(raw, int):
+                    # Never equal to an object key: _key_len -1.
+                    self._index[child] = raw
+                    self._key_len[child] = -1
+                else:
+                    self._key_off[child] = self._keys.len
+                    self._key_len[child] = len(raw)
+                    if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
+                        raise MemoryError()
                 if previous < 0:
                     self._first_child[i] = child
                 else:
@@ -112,6 +122,7 @@ cdef class NDJSONParser(_ParserCore):
         PyMem_Free(self._key_off)
         PyMem_Free(self._key_len)
         PyMem_Free(self._parent)
+        PyMem_Free(self._index)
         buf_free(&self._keys)
 
     def feed(self, data):
@@ -240,7 +251,7 @@ cdef class NDJSONParser(_ParserCore):
             if c == b'{':
                 stop = self._scan_object(row, pos, end, depth, node)
             else:
-                stop = self._scan_array(row, pos, end, depth)
+                stop = self._scan_array(row, pos, end, depth, node)
             if stop < 0:
                 return -1
             if has_leaves and self._record_slot(node, KIND_NESTED, False, row + pos, stop - pos) < 0:
@@ -297,12 +308,22 @@ cdef class NDJSONParser(_ParserCore):
             pos = self._ws(row, pos + 1, end)
 
     cdef Py_ssize_t _scan_array(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
-                                int depth) noexcept nogil:
+                                int depth, int node) noexcept nogil:
+        # Elements are descended into when a path indexes them ($.a[0]).
+        cdef int index = 0
+        cdef int child
+        cdef bint indexed = node >= 0 and self._first_child[node] >= 0
         pos = self._ws(row, pos + 1, end)
         if pos < end and row[pos] == b']':
             return pos + 1
         while True:
-            pos = self._scan_value(row, pos, end, depth + 1, -1)
+            child = -1
+            if indexed:
+                child = self._first_child[node]
+                while child >= 0 and self._index[child] != index:
+                    child = self._next_sibling[child]
+            index += 1
+            pos = self._scan_value(row, pos, end, depth + 1, child)
             if pos < 0:
                 return -1
             pos = self._ws(row, pos, end)

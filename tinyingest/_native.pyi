@@ -7,7 +7,8 @@ docstring for the value policy) and the encoders in :mod:`tinyingest.native`.
 
 What crosses the boundary (style guide 2.2): one buffer in per ``feed()`` call; out,
 per :class:`~tinyingest.block.Block`, columnar buffers (values, int64 string offsets,
-one-byte null maps, little-endian) and the bad rows as
+one-byte null maps, little-endian; an Array column as its Native payload: UInt64 row
+end offsets in ``offsets``, the nested payload in ``values``) and the bad rows as
 :class:`~tinyingest.block.RowError`. Nothing is created per good row. Bad rows never
 raise: only ``MemoryError`` does, and ``SchemaError`` / ``ValueError`` at construction.
 """
@@ -23,8 +24,10 @@ class NDJSONParser:
     """Newline-delimited JSON -> column blocks.
 
     Each column reads ``spec.path`` from every row object (``()`` is the whole row,
-    stored as compact JSON). Rows are validated as whole JSON (RFC 8259, UTF-8, depth
-    <= 64); a bad row is quarantined whole as a :class:`~tinyingest.block.RowError`.
+    stored as compact JSON; an int step is an array element). Array columns take a JSON
+    array (null or missing: the empty array). Rows are validated as whole JSON (RFC
+    8259, UTF-8, depth <= 64); a bad row is quarantined whole as a
+    :class:`~tinyingest.block.RowError`.
     """
 
     def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int = ...) -> None:
@@ -34,7 +37,7 @@ class NDJSONParser:
         :param max_row_bytes: longer rows are quarantined (``ROW_TOO_LONG``) without
             being buffered; default 1 MiB.
         :raises SchemaError: a column has no jsonpath or a literal DEFAULT that is not
-            a value of its type.
+            a value of its type (an Array column takes none).
         """
     @property
     def columns(self) -> list[ColumnSpec]:
@@ -75,7 +78,8 @@ class CSVParser:
             column; ``True``: it is a header in any case (fields map by position when
             it does not name every column); ``False``: there is no header.
         :raises ValueError: a bad delimiter or escapechar.
-        :raises SchemaError: a literal DEFAULT that is not a value of its type.
+        :raises SchemaError: a literal DEFAULT that is not a value of its type, or an
+            Array column (CSV does not read arrays yet).
         """
     @property
     def columns(self) -> list[ColumnSpec]:
@@ -94,6 +98,14 @@ def encode_strings(offsets: _Buffer, data: _Buffer) -> bytes:
     column's int64 ``offsets`` (``num_rows + 1``, starting at 0) and ``data``.
 
     :raises ValueError: the offsets do not match ``data``.
+    """
+
+def shift_offsets(offsets: _Buffer, base: int) -> bytes:
+    """Each UInt64 of ``offsets`` (native order) plus ``base``: the Array offsets of a
+    block appended after ``base`` elements. Same bytes as
+    :func:`tinyingest.native.shift_offsets_py`.
+
+    :raises ValueError: ``offsets`` is not a whole number of UInt64 values.
     """
 
 def encode_low_cardinality(offsets: _Buffer, data: _Buffer,

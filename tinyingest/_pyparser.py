@@ -30,6 +30,18 @@ Policy (both formats, both implementations):
   must be zeros and at most P digits may remain (else ``OUT_OF_RANGE``: never rounded);
   ``IPv6`` RFC 4291 text with at most one ``::`` and an optional dotted-quad tail, or a
   plain IPv4 address stored IPv4-mapped (16 bytes, network order).
+* ``Array(T)`` / ``Array(Array(T))`` (NDJSON only; the CSV parsers refuse such columns
+  with ``SchemaError``): the value must be a JSON array (of arrays); JSON ``null`` or a
+  missing value is the empty array, at any level (no DEFAULT is taken). Each element is
+  read as a value of T by the rules above (a ``null`` element: NULL for ``Nullable(T)``,
+  else ``NULL``); any other value where an array is expected is ``BAD_VALUE``. A bad
+  element quarantines the row, naming the column, with the element's text as the value.
+  The column's block data is Native-ready: ``offsets`` the UInt64 end offset of each
+  row, ``values`` the nested payload (inner end offsets; the elements' null map; the
+  elements, Strings as varint length + bytes).
+* Paths: ``$.a[:]`` is ``$.a`` (Array columns only); ``$.a[N]`` reads element N of a
+  JSON array like a key reads an object member (absent when ``a`` is not an array or is
+  shorter: the missing-value rule applies).
 * Out-of-range numbers and dates, invalid UTF-8, lone surrogate escapes, duplicate
   mapped keys, rows over ``max_row_bytes``, nesting over 64: the row is quarantined.
 """
@@ -445,7 +457,7 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
 
 class _Column:
     __slots__ = ("spec", "code", "width", "zero", "nullable", "values", "offsets", "nulls",
-                 "default")
+                 "default", "depth", "ends")
 
     def __init__(self, spec: ColumnSpec) -> None:
         self.spec = spec
@@ -454,12 +466,18 @@ class _Column:
         # The value stored for NULL and for a missing value without DEFAULT.
         self.zero = b"\0" * (spec.length if spec.type_code is TypeCode.FIXED_STRING else self.width)
         self.nullable = spec.nullable
+        # Array columns: values/offsets/nulls hold the elements; ends[level] the UInt64
+        # end offsets of the arrays at that level (ends[0]: one per row).
+        self.depth = spec.array_depth
+        self.ends = [array("Q") for _ in range(self.depth)]
         self.values = bytearray()
         self.offsets = array("q", [0])
         self.nulls = bytearray()
         self.default: bytes | None = None
         if spec.default_text is not None:
             try:
+                if self.depth:
+                    raise _ConvertError(ErrorCode.BAD_VALUE)
                 self.default = convert_text(spec.default_text, spec)
             except _ConvertError:
                 raise SchemaError(
@@ -476,20 +494,48 @@ class _Column:
     def append_zero(self, is_null: bool) -> None:
         self.append(self.zero, is_null)
 
-    def mark(self) -> tuple[int, int, int]:
-        return len(self.values), len(self.offsets), len(self.nulls)
+    def children(self, level: int) -> int:
+        """Array columns: how many items level ``level`` holds (arrays, or elements)."""
+        if level < self.depth:
+            return len(self.ends[level])
+        if self.nullable:
+            return len(self.nulls)
+        return len(self.offsets) - 1 if self.width == 0 else len(self.values) // self.width
 
-    def rollback(self, mark: tuple[int, int, int]) -> None:
+    def end_array(self, level: int) -> None:
+        self.ends[level].append(self.children(level + 1))
+
+    def mark(self) -> tuple[int, ...]:
+        return (len(self.values), len(self.offsets), len(self.nulls),
+                *(len(ends) for ends in self.ends))
+
+    def rollback(self, mark: tuple[int, ...]) -> None:
         del self.values[mark[0] :]
         del self.offsets[mark[1] :]
         del self.nulls[mark[2] :]
+        for ends, length in zip(self.ends, mark[3:]):
+            del ends[length:]
 
     def take(self) -> ColumnData:
-        data = ColumnData(
-            values=bytes(self.values),
-            offsets=self.offsets.tobytes() if self.width == 0 else None,
-            nulls=bytes(self.nulls) if self.nullable else None,
-        )
+        if self.depth:
+            # Native Array layout: the row end offsets here, then the nested payload:
+            # inner end offsets, the elements' null map, the elements.
+            from tinyingest.native import encode_strings_py
+
+            elements = encode_strings_py(self.offsets.tobytes(), bytes(self.values)) \
+                if self.code is TypeCode.STRING else bytes(self.values)
+            data = ColumnData(
+                values=b"".join(ends.tobytes() for ends in self.ends[1:]) + bytes(self.nulls)
+                + elements,
+                offsets=self.ends[0].tobytes(),
+            )
+            self.ends = [array("Q") for _ in range(self.depth)]
+        else:
+            data = ColumnData(
+                values=bytes(self.values),
+                offsets=self.offsets.tobytes() if self.width == 0 else None,
+                nulls=bytes(self.nulls) if self.nullable else None,
+            )
         self.values = bytearray()
         self.offsets = array("q", [0])
         self.nulls = bytearray()
@@ -577,10 +623,8 @@ class _ParserBase:
     def _store(self, index: int, kind: int, text: bytes) -> None:
         """Convert one found value into column ``index`` or raise _BadRow."""
         column = self._columns[index]
-        if kind == _NULL:
-            if not column.nullable:
-                raise _BadRow(ErrorCode.NULL, index, b"null")
-            column.append_zero(True)
+        if column.depth:
+            self._store_array(index, kind, text, 0)
             return
         if kind == _MISSING:
             if column.default is not None:
@@ -588,12 +632,58 @@ class _ParserBase:
             else:
                 column.append_zero(column.nullable)
             return
+        self._store_element(index, kind, text)
+
+    def _store_element(self, index: int, kind: int, text: bytes) -> None:
+        """One value (a row's, or an array element) into column ``index``."""
+        column = self._columns[index]
+        if kind == _NULL:
+            if not column.nullable:
+                raise _BadRow(ErrorCode.NULL, index, b"null")
+            column.append_zero(True)
+            return
         if kind == _NESTED and column.code is not TypeCode.STRING:
             raise _BadRow(ErrorCode.BAD_VALUE, index, text)
         try:
             column.append(convert_text(text, column.spec))
         except _ConvertError as exc:
             raise _BadRow(exc.code, index, text) from None
+
+    def _store_array(self, index: int, kind: int, text: bytes, level: int) -> None:
+        """A JSON array (compact text) into level ``level`` of Array column ``index``;
+        null or missing is the empty array, any other value is not an array."""
+        column = self._columns[index]
+        if kind == _NESTED and text[:1] == b"[":
+            for item_kind, item in _json_items(text):
+                if level + 1 < column.depth:
+                    self._store_array(index, item_kind, item, level + 1)
+                else:
+                    self._store_element(index, item_kind, item)
+        elif kind != _NULL and kind != _MISSING:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        column.end_array(level)
+
+
+def _json_items(text: bytes) -> list[tuple[int, bytes]]:
+    """The elements of a valid, compact JSON array, each as (kind, text) like a value
+    found for a column: string content unescaped, objects and arrays as compact text."""
+    items: list[tuple[int, bytes]] = []
+    scanner = _JSONScanner(text, [])
+    pos = 1
+    if text[pos : pos + 1] == b"]":
+        return items
+    while True:
+        first = text[pos]
+        if first == 0x22:  # '"'
+            end, value = scanner.string(pos, -1)
+            items.append((_JSON_STRING, value))
+        else:
+            end = scanner.value(pos, 1, None)
+            kind = _NESTED if first in b"{[" else _NULL if first == 0x6E else _TEXT  # 'n'
+            items.append((kind, text[pos:end]))
+        if text[end : end + 1] == b"]":
+            return items
+        pos = end + 1  # the comma
 
 
 # --- NDJSON ----------------------------------------------------------------------------
@@ -603,7 +693,8 @@ class _PathNode:
     __slots__ = ("children", "leaves")
 
     def __init__(self) -> None:
-        self.children: dict[bytes, _PathNode] = {}
+        # Object keys (bytes) and array indexes (int).
+        self.children: dict[bytes | int, _PathNode] = {}
         self.leaves: list[int] = []
 
 
@@ -623,7 +714,8 @@ class NDJSONParser(_ParserBase):
                 raise SchemaError(f"column '{spec.name}' has no jsonpath")
             node = self._root
             for key in spec.path:
-                node = node.children.setdefault(key.encode(), _PathNode())
+                step = key if isinstance(key, int) else key.encode()
+                node = node.children.setdefault(step, _PathNode())
             node.leaves.append(index)
         self._found: list[tuple[int, bytes]] = []
 
@@ -714,7 +806,7 @@ class _JSONScanner:
             if first == 0x7B:
                 end = self.object(pos, depth, node)
             else:
-                end = self.array(pos, depth)
+                end = self.array(pos, depth, node)
             if leaves:
                 self._record(leaves, _NESTED, _compact(row[pos:end]))
             return end
@@ -754,13 +846,16 @@ class _JSONScanner:
                 raise _BadRow(ErrorCode.INVALID_JSON)
             pos = self.ws(pos + 1)
 
-    def array(self, pos: int, depth: int) -> int:
+    def array(self, pos: int, depth: int, node: _PathNode | None) -> int:
         row = self.row
         pos = self.ws(pos + 1)
         if row[pos : pos + 1] == b"]":
             return pos + 1
+        index = 0
         while True:
-            pos = self.ws(self.value(pos, depth + 1, None))
+            child = node.children.get(index) if node is not None else None
+            index += 1
+            pos = self.ws(self.value(pos, depth + 1, child))
             sep = row[pos : pos + 1]
             if sep == b"]":
                 return pos + 1
@@ -902,6 +997,10 @@ class CSVParser(_ParserBase):
                  delimiter: bytes = b",", escapechar: bytes | None = None,
                  header: bool | None = None) -> None:
         super().__init__(columns, max_row_bytes=max_row_bytes)
+        for spec in columns:
+            if spec.array_depth:
+                raise SchemaError(f"column '{spec.name}': {spec.ch_type} is not supported "
+                                  "for CSV ingestion (NDJSON only)")
         if len(delimiter) != 1 or delimiter in b'"\r\n':
             raise ValueError("delimiter must be one byte other than a quote or newline")
         if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):
@@ -1053,7 +1152,7 @@ def split_csv_record(record: bytes, delimiter: int, escape: int = -1) -> list[tu
         pos += 1  # the delimiter
 
 
-def raw_json_values(row: bytes, paths: Sequence[tuple[str, ...] | None]) -> list[str | None]:
+def raw_json_values(row: bytes, paths: Sequence[tuple[str | int, ...] | None]) -> list[str | None]:
     """Best-effort text of each path in a (possibly bad) row, for the quarantine table."""
     import json
 
@@ -1065,7 +1164,10 @@ def raw_json_values(row: bytes, paths: Sequence[tuple[str, ...] | None]) -> list
     for path in paths:
         node: Any = obj
         for key in path or ():
-            node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(key, int):
+                node = node[key] if isinstance(node, list) and key < len(node) else None
+            else:
+                node = node.get(key) if isinstance(node, dict) else None
         if path is None or node is None:
             values.append(None)
         elif isinstance(node, str):

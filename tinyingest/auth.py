@@ -54,7 +54,7 @@ class Token:
 
 def _write_private(path: Path, text: str) -> None:
     # Created 0600 from the start: tokens grant access.
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(text)

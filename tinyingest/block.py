@@ -19,6 +19,10 @@ class ColumnData:
     String: ``values`` holds the concatenated UTF-8 bytes and ``offsets`` the
     ``num_rows + 1`` int64 boundaries (native byte order), starting with 0.
     ``nulls``: one byte per row, 1 = NULL (ClickHouse's own null map), Nullable only.
+    ``Array(T)``: already in Native's Array layout: ``offsets`` the ``num_rows`` UInt64
+    cumulative end offsets, ``values`` the element column's payload (for
+    ``Array(Array(T))`` the inner end offsets first; for ``Nullable(T)`` its null map
+    then the values; String elements varint-prefixed), ``nulls`` None.
     """
 
     values: bytes

@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from tinyingest import __version__
-from tinyingest.auth import load_admin_token
+from tinyingest.auth import load_admin_token, project_tokens
 from tinyingest.config import Settings
 from tinyingest.datafiles import DatafileError, load_project, write_example_project
 
@@ -47,7 +47,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     """Run one gateway process until SIGTERM/SIGINT; ``worker`` is its number under --workers."""
     from tornado.httpserver import HTTPServer
 
-    from tinyingest.auth import Authorizer, project_tokens
+    from tinyingest.auth import Authorizer
     from tinyingest.gateway import Gateway, StartupError
     from tinyingest.routes import make_app
     from tinyingest.template import TemplateError
@@ -163,7 +163,13 @@ def supervise(settings: Settings, workers: int) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    load_admin_token(settings.admin_token, settings.data_dir)  # once, before the fork
+    # Tokens are made once, before the fork, so that every worker knows the same ones.
+    load_admin_token(settings.admin_token, settings.data_dir)
+    try:
+        project_tokens(load_project(settings.project_dir), settings.data_dir)
+    except DatafileError as exc:
+        log.error("datafile error: %s", exc)
+        return 2
     sockets = bind_sockets(settings.port, settings.host)
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False

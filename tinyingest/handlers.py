@@ -37,6 +37,7 @@ from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
+from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
@@ -192,8 +193,11 @@ class IngestHandler(BaseHandler):
                 if boundary is None:
                     raise APIError(400, "multipart body without a boundary")
                 self.multipart = MultipartReader(boundary)
-            self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
-                                 import_id=self.import_id())
+            try:
+                self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
+                                     import_id=self.import_id())
+            except (SchemaError, ValueError) as exc:  # e.g. Array columns from CSV
+                raise APIError(400, str(exc)) from None
         except APIError as error:
             self.answer_early(error.status, {"error": error.message}, error.headers)
 
@@ -424,7 +428,7 @@ def datasource_json(table: Table) -> dict[str, Any]:
                    "partition_key": datasource.engine.partition_key or ""},
         "schema": {"columns": [{
             "name": c.name, "normalized_name": c.name, "type": c.ch_type,
-            "nullable": c.nullable, "default_value": c.default_expr, "codec": c.codec,
+            "nullable": c.nullable and not c.array_depth, "default_value": c.default_expr, "codec": c.codec,
             "jsonpath": c.jsonpath, "auto": False,
         } for c in datasource.columns]},
         "headers": {}, "tags": {}, "shared_with": [], "used_by": [], "indexes": [],

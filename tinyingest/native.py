@@ -20,7 +20,10 @@ column name and type):
 * ``Nullable(T)``: the null map (one byte per row, 1 = NULL), then T's payload, in
   which NULL rows hold a default value;
 * ``Array(T)``: ``num_rows`` UInt64 cumulative end offsets, then T's payload for all
-  elements;
+  elements (``Array(Array(T))``: the inner arrays' end offsets, then T's). The parsers
+  hold an Array column Native-ready: ``offsets`` the row end offsets, ``values`` the
+  nested payload; :func:`merge_blocks` rebases the offsets of later blocks
+  (:func:`shift_offsets`);
 * ``LowCardinality(String)`` / ``LowCardinality(Nullable(String))``: the table's own
   type, in LowCardinality's Native serialization (one dictionary per block, see
   :func:`encode_low_cardinality_py`). Sending plain ``String`` instead is accepted by
@@ -61,6 +64,8 @@ __all__ = [
     "binary_str",
     "native_header",
     "merge_blocks",
+    "shift_offsets",
+    "shift_offsets_py",
     "decode_rows",
 ]
 
@@ -132,6 +137,23 @@ try:
     from tinyingest._native import encode_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     encode_strings = encode_strings_py
+
+
+def shift_offsets_py(offsets: bytes, base: int) -> bytes:
+    """UInt64 values (native order), each plus ``base``; the pure-Python reference.
+
+    >>> array.array("Q", shift_offsets_py(array.array("Q", [1, 3]).tobytes(), 2)).tolist()
+    [3, 5]
+    """
+    values = array.array("Q", offsets)
+    return array.array("Q", [value + base for value in values]).tobytes()
+
+
+shift_offsets: Callable[[bytes, int], bytes]
+try:
+    from tinyingest._native import shift_offsets  # type: ignore[no-redef,import-not-found,unused-ignore]
+except ImportError:  # no compiled extension: the reference implementation
+    shift_offsets = shift_offsets_py
 
 
 # LowCardinality serialization constants (ClickHouse's SerializationLowCardinality).
@@ -216,6 +238,10 @@ def encode_column(spec: ColumnSpec, column: ColumnData, num_rows: int) -> bytes:
 
     :raises ValueError: the buffers do not hold ``num_rows`` values.
     """
+    if spec.array_depth:
+        if column.offsets is None or len(column.offsets) != 8 * num_rows:
+            raise ValueError(f"column {spec.name!r}: Array data without one offset per row")
+        return bytes(column.offsets) + bytes(column.values)
     if spec.type_code is TypeCode.STRING:
         if column.offsets is None:
             raise ValueError(f"column {spec.name!r}: String data without offsets")
@@ -376,16 +402,21 @@ def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) 
     """Join blocks encoded from the same columns into one block of all their rows.
 
     Payloads concatenate as they are, except a Nullable column's null map, which must
-    precede all of its values, and LowCardinality, whose 8-byte version prefix is
+    precede all of its values, LowCardinality, whose 8-byte version prefix is
     written once: the blocks' dictionaries follow one another as granules, which
-    ClickHouse reads in sequence.
+    ClickHouse reads in sequence, and Array, whose cumulative offsets continue from
+    the previous blocks' element counts (the nested payloads merge the same way).
     """
     if len(blocks) == 1:
         return blocks[0]
     payloads: list[bytes] = []
     for index, spec in enumerate(columns):
         parts = [block.payloads[index] for block in blocks]
-        if spec.low_cardinality:
+        if spec.array_depth:
+            payloads.append(_merge_arrays(spec, spec.array_depth,
+                                          [(block.num_rows, part) for part, block in
+                                           zip(parts, blocks)]))
+        elif spec.low_cardinality:
             payloads.append(parts[0] + b"".join(part[8:] for part in parts[1:]))
         elif spec.nullable:
             nulls = [part[: block.num_rows] for part, block in zip(parts, blocks)]
@@ -399,6 +430,26 @@ def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) 
         num_rows=sum(block.num_rows for block in blocks),
         payloads=tuple(payloads),
     )
+
+
+def _merge_arrays(spec: ColumnSpec, depth: int, parts: Sequence[tuple[int, bytes]]) -> bytes:
+    """Array payloads of ``(rows, payload)`` blocks -> one: the offsets of each block
+    moved past the elements of the ones before, then the nested payloads merged."""
+    offsets: list[bytes] = []
+    nested: list[tuple[int, bytes]] = []
+    total = 0
+    for rows, payload in parts:
+        ends = payload[: 8 * rows]
+        offsets.append(shift_offsets(ends, total) if total else ends)
+        count = int.from_bytes(ends[-8:], "little") if rows else 0
+        nested.append((count, payload[8 * rows :]))
+        total += count
+    if depth > 1:
+        return b"".join(offsets) + _merge_arrays(spec, depth - 1, nested)
+    if spec.nullable:
+        return b"".join(offsets) + b"".join(payload[:count] for count, payload in nested) \
+            + b"".join(payload[count:] for count, payload in nested)
+    return b"".join(offsets) + b"".join(payload for _, payload in nested)
 
 
 # -- decoding: Native column data -> Python rows (slow path) ---------------------------

@@ -18,6 +18,12 @@ Types beyond the numbers, String, Date and DateTime (the text each accepts is in
 ``Enum8(...)``/``Enum16(...)``, ``Date32``, ``IPv4``, ``DateTime64(p[, tz])``,
 ``Int128``/``UInt128``/``Int256``/``UInt256``, ``Decimal(P, S)``/``Decimal32(S)``...
 ``Decimal256(S)`` and ``IPv6``.
+
+``Array(T)`` and ``Array(Array(T))`` of any of those (``T`` may be ``Nullable``, not
+``LowCardinality``) keep ``type_code``, ``nullable`` and the other fields of the
+*element* type, plus ``array_depth`` (1 or 2); an Array itself is never NULL. Their
+NDJSON path may end in ``[:]`` (``$.items[:]`` is the same as ``$.items``), and a path
+may index a JSON array: ``$.a[0]`` (the first element; see ``parse_jsonpath``).
 """
 
 from __future__ import annotations
@@ -146,7 +152,12 @@ class ParsedType:
     enum_values: tuple[tuple[bytes, int], ...] = ()
     scale: int = 0  # DateTime64(p): p; Decimal(P, S): S
     precision: int = 0  # Decimal(P, S): P
+    #: Array(T): 1, Array(Array(T)): 2; the other fields describe the element type T.
+    array_depth: int = 0
 
+
+#: Deepest Array nesting the parsers fill.
+MAX_ARRAY_DEPTH = 2
 
 _ENUM_ITEM = re.compile(r"\s*'((?:[^'\\]|\\.|'')*)'\s*=\s*([+-]?\d+)\s*(,|$)")
 _ENUM_RANGES = {TypeCode.ENUM8: (-(1 << 7), (1 << 7) - 1),
@@ -208,6 +219,15 @@ def parse_type(ch_type: str) -> ParsedType:
     text = ch_type.strip()
     low_cardinality = False
     nullable = False
+    array_depth = 0
+    inner = _unwrap("Array", text)
+    while inner is not None:
+        array_depth += 1
+        text = inner
+        inner = _unwrap("Array", text)
+    if array_depth > MAX_ARRAY_DEPTH:
+        raise SchemaError(f"type {ch_type}: Arrays nested deeper than {MAX_ARRAY_DEPTH} "
+                          "levels are not supported for ingestion")
     inner = _unwrap("LowCardinality", text)
     if inner is not None:
         low_cardinality = True
@@ -257,30 +277,56 @@ def parse_type(ch_type: str) -> ParsedType:
         raise SchemaError(f"type {ch_type} is not supported for ingestion yet")
     if low_cardinality and code is not TypeCode.STRING:
         raise SchemaError(f"type {ch_type}: LowCardinality is supported for String only")
+    if low_cardinality and array_depth:
+        raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside an Array")
     return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
-                      scale, precision)
+                      scale, precision, array_depth)
 
 
-_PATH_TOKEN = re.compile(r"\.([^.\[\]]+)|\[['\"]([^'\"]*)['\"]\]")
+_PATH_TOKEN = re.compile(r"\.([^.\[\]]+)|\[['\"]([^'\"]*)['\"]\]|\[(\d+)\]|(\[:\])")
 
 
-def parse_jsonpath(path: str) -> tuple[str, ...]:
+def parse_jsonpath(path: str) -> tuple[str | int, ...]:
     """``$.a.b`` -> ``("a", "b")``; ``$`` -> ``()`` (the whole row as text).
+
+    ``[N]`` (an int step) takes element N (from 0) of a JSON array; trailing ``[:]``
+    (the whole array, for Array columns) adds no step: see :func:`array_selectors`.
 
     >>> parse_jsonpath("$.user['first name']")
     ('user', 'first name')
+    >>> parse_jsonpath("$.a[0].b"), parse_jsonpath("$.items[:]")
+    (('a', 0, 'b'), ('items',))
     """
     if not path.startswith("$"):
         raise SchemaError(f"jsonpath {path!r} must start with '$'")
-    keys: list[str] = []
+    keys: list[str | int] = []
     pos = 1
+    selectors = 0
     while pos < len(path):
         match = _PATH_TOKEN.match(path, pos)
-        if match is None:
-            raise SchemaError(f"jsonpath {path!r} is not supported (use $.a.b or $['a'])")
-        keys.append(match.group(1) if match.group(1) is not None else match.group(2))
+        if match is None or (selectors and match.group(4) is None):
+            raise SchemaError(f"jsonpath {path!r} is not supported (use $.a.b, $['a'], "
+                              "$.a[0] or a trailing [:])")
+        if match.group(4) is not None:
+            selectors += 1
+        elif match.group(3) is not None:
+            if len(match.group(3)) > 9:
+                raise SchemaError(f"jsonpath {path!r}: array index too large")
+            keys.append(int(match.group(3)))
+        else:
+            keys.append(match.group(1) if match.group(1) is not None else match.group(2))
         pos = match.end()
     return tuple(keys)
+
+
+def array_selectors(path: str) -> int:
+    """How many ``[:]`` end ``path`` (``$.a[:]`` -> 1)."""
+    count = 0
+    text = path.rstrip()
+    while text.endswith("[:]"):
+        count += 1
+        text = text[:-3]
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +338,10 @@ class ColumnSpec:
     type_code: TypeCode
     nullable: bool
     low_cardinality: bool
-    #: JSON keys from the row object to the value; ``()`` is the whole row. ``None``:
-    #: the column is not sent by clients (ClickHouse fills its DEFAULT).
-    path: tuple[str, ...] | None
+    #: JSON keys (str) and array indexes (int) from the row object to the value; ``()``
+    #: is the whole row. ``None``: the column is not sent by clients (ClickHouse fills
+    #: its DEFAULT).
+    path: tuple[str | int, ...] | None
     jsonpath: str | None  # as written, e.g. "$.a.b"
     default_kind: str | None = None  # DEFAULT | MATERIALIZED | ALIAS
     default_expr: str | None = None
@@ -306,6 +353,9 @@ class ColumnSpec:
     enum_values: tuple[tuple[bytes, int], ...] = ()
     scale: int = 0  # DateTime64(p): p; Decimal(P, S): S
     precision: int = 0  # Decimal(P, S): P
+    #: Array(T): 1, Array(Array(T)): 2; the fields above then describe the element T
+    #: (``nullable``: the elements are Nullable).
+    array_depth: int = 0
 
     @classmethod
     def build(
@@ -319,6 +369,9 @@ class ColumnSpec:
     ) -> ColumnSpec:
         parsed = parse_type(ch_type)
         path = parse_jsonpath(jsonpath) if jsonpath is not None else None
+        if jsonpath is not None and array_selectors(jsonpath) > parsed.array_depth:
+            raise SchemaError(f"jsonpath {jsonpath!r}: [:] needs an Array column, "
+                              f"not {parsed.ch_type}")
         return cls(
             name=name,
             ch_type=parsed.ch_type,
@@ -335,6 +388,7 @@ class ColumnSpec:
             enum_values=parsed.enum_values,
             scale=parsed.scale,
             precision=parsed.precision,
+            array_depth=parsed.array_depth,
         )
 
     @property
