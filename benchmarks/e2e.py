@@ -41,7 +41,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,23 +52,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corpus import DATASOURCE, EVENTS, Profiler
 from tinyingest.testing import ClickHouseServer, GatewayProcess
-
-DATASOURCE = """SCHEMA >
-    `ts` DateTime `json:$.ts`,
-    `user_id` UInt64 `json:$.user_id`,
-    `event` LowCardinality(String) `json:$.event`,
-    `value` Float64 `json:$.value`
-
-ENGINE "MergeTree"
-ENGINE_SORTING_KEY "event, ts"
-"""
 
 DIRECT_TABLE = ("CREATE TABLE {db}.events (ts DateTime, user_id UInt64, "
                 "event LowCardinality(String), value Float64) "
                 "ENGINE = MergeTree ORDER BY (event, ts)")
 
-EVENTS = ["page_view", "click", "signup", "purchase", "scroll", "search", "logout"]
 TOKEN = "bench-e2e-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"}
 MARKER_EVENT = "__marker"
@@ -389,35 +378,6 @@ class CPUMeter:
                                               for name, seconds in used.items())
         if used["other"] / wall > 0.25:
             self.text += " [SKEWED: other jobs were busy]"
-
-
-class Profiler:
-    """``py-spy record`` on a pid for the duration of a ``with`` block (or nothing)."""
-
-    def __init__(self, directory: Path | None, name: str, pid: int | None) -> None:
-        self.directory, self.name, self.pid = directory, name, pid
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Profiler:
-        if self.directory is not None and self.pid is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            out = self.directory / f"{self.name}.txt"
-            self._proc = subprocess.Popen(
-                [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                 "record", "--pid", str(self.pid), "--rate", "100", "--format", "raw",
-                 "--nonblocking", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
 
 
 # -- phases ------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -28,31 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tinyingest.sinks.clickhouse import ClickHouseSink
+from corpus import DATASOURCE, event_lines
 from tinyingest.testing import ClickHouseServer, GatewayProcess
-
-DATASOURCE = """SCHEMA >
-    `ts` DateTime `json:$.ts`,
-    `user_id` UInt64 `json:$.user_id`,
-    `event` LowCardinality(String) `json:$.event`,
-    `value` Float64 `json:$.value`
-
-ENGINE "MergeTree"
-ENGINE_SORTING_KEY "event, ts"
-"""
-
-EVENTS = ["page_view", "click", "signup", "purchase", "scroll", "search", "logout"]
-
-
-def event_lines(count: int, seed: int = 42) -> Iterator[bytes]:
-    rng = random.Random(seed)
-    base = 1_700_000_000
-    for i in range(count):
-        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(base + i // 10))
-        yield json.dumps({"ts": ts, "user_id": rng.randrange(1 << 40),
-                          "event": EVENTS[rng.randrange(len(EVENTS))],
-                          "value": round(rng.random() * 1000, 3)},
-                         separators=(",", ":")).encode() + b"\n"
-
 
 def post(port: int, path: str, body: bytes | Iterator[bytes], headers: dict[str, str]) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)

@@ -271,6 +271,16 @@ class IngestHandler(BaseHandler):
         # Flow control: Tornado reads no more of the body until this returns.
         await self.ingest.backpressure()
 
+    async def post(self) -> None:
+        if self.early is not None:
+            self._send_early(*self.early)
+        if not self._finished:
+            await self._handle(self.answer())
+
+    async def answer(self) -> None:
+        """Finish the body and answer (each endpoint's own response)."""
+        raise NotImplementedError
+
     def _finish_body(self) -> Ingest:
         assert self.ingest is not None and self.decoder is not None
         try:
@@ -319,13 +329,8 @@ class EventsHandler(IngestHandler):
             raise APIError(404, f"data source '{name}' not found")
         return table, "ndjson", {}, False
 
-    async def post(self) -> None:
-        if self.early is not None:
-            self._send_early(*self.early)
-        if not self._finished:
-            await self._handle(self._answer())
 
-    async def _answer(self) -> None:
+    async def answer(self) -> None:
         ingest = self._finish_body()
         body = {"successful_rows": ingest.successful_rows,
                 "quarantined_rows": ingest.quarantined_rows}
@@ -380,13 +385,8 @@ class DataSourcesHandler(IngestHandler):
         self.send_json(200, {"datasources": [datasource_json(t) for t in
                                              self.gateway.tables.values()]})
 
-    async def post(self) -> None:
-        if self.early is not None:
-            self._send_early(*self.early)
-        if not self._finished:
-            await self._handle(self._append())
 
-    async def _append(self) -> None:
+    async def answer(self) -> None:
         ingest = self._finish_body()
         await ingest.stored()  # appends answer once the rows are in ClickHouse
         table = ingest.table

@@ -172,7 +172,10 @@ def _enum_values(ch_type: str, code: TypeCode, body: str) -> tuple[tuple[bytes, 
         match = _ENUM_ITEM.match(body, pos)
         if match is None:
             raise SchemaError(f"type {ch_type}: cannot read the values (use 'name' = number)")
-        name = _unquote(match.group(1)).encode()
+        text = _unquote(match.group(1))
+        if text is None:
+            raise SchemaError(f"type {ch_type}: cannot read the name {match.group(1)!r}")
+        name = text.encode()
         value = int(match.group(2))
         lo, hi = _ENUM_RANGES[code]
         if not lo <= value <= hi:
@@ -187,8 +190,9 @@ def _enum_values(ch_type: str, code: TypeCode, body: str) -> tuple[tuple[bytes, 
     return tuple(items)
 
 
-def _unquote(body: str) -> str:
-    """The content of a ClickHouse single-quoted literal (backslash escapes, doubled '')."""
+def _unquote(body: str) -> str | None:
+    """The content of a ClickHouse single-quoted literal (backslash escapes, doubled ''),
+    given without its outer quotes; None if a lone ``'`` shows it is not one literal."""
     out: list[str] = []
     i = 0
     while i < len(body):
@@ -198,6 +202,8 @@ def _unquote(body: str) -> str:
             i += 2
             continue
         if ch == "'":
+            if body[i + 1 : i + 2] != "'":
+                return None
             i += 1  # the first of a doubled ''
         out.append(ch)
         i += 1
@@ -412,20 +418,6 @@ def literal_default(expr: str | None) -> bytes | None:
     if _NUMBER.match(text):
         return text.encode()
     if len(text) >= 2 and text[0] == "'" and text[-1] == "'":
-        body = text[1:-1]
-        out: list[str] = []
-        i = 0
-        while i < len(body):
-            ch = body[i]
-            if ch == "\\" and i + 1 < len(body):
-                out.append({"n": "\n", "t": "\t", "0": "\0", "r": "\r"}.get(body[i + 1], body[i + 1]))
-                i += 2
-                continue
-            if ch == "'":
-                if body[i + 1 : i + 2] != "'":
-                    return None  # not a single literal
-                i += 1
-            out.append(ch)
-            i += 1
-        return "".join(out).encode()
+        body = _unquote(text[1:-1])
+        return body.encode() if body is not None else None
     return None
