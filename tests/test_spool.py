@@ -35,6 +35,7 @@ def test_unacknowledged_records_are_replayed_in_order(tmp_path: Path) -> None:
     assert list(spool.replay()) == []
     ids = [spool.append("t", block(i)) for i in range(5)]
     spool.ack([ids[1], ids[3]])
+    assert spool.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.glob("*.log"))
     spool.close()  # as after a crash: nothing else written
     assert replayed(tmp_path) == [("t", block(0)), ("t", block(2)), ("t", block(4))]
 
@@ -89,6 +90,7 @@ def test_size_limit_refuses_with_503_and_frees_on_ack(tmp_path: Path) -> None:
     assert refused.value.status == 503
     spool.ack([first])
     assert spool.pending_records == 1
+    assert spool.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.glob("*.log"))
     spool.close()
 
 

@@ -131,12 +131,13 @@ class Spool:
         self._active: _Segment | None = None
         self._fd = -1
         self._ack_fd = -1
+        self._bytes = 0  # the segments' sizes, summed (checked on every request)
 
     # -- sizes -----------------------------------------------------------------------
 
     @property
     def bytes_on_disk(self) -> int:
-        return sum(segment.size for segment in self._segments.values())
+        return self._bytes
 
     @property
     def pending_records(self) -> int:
@@ -175,6 +176,7 @@ class Spool:
                             path.name, len(data) - pos)
                 os.truncate(path, pos)
             segment.size = pos
+            self._bytes += pos
             self._maybe_delete(segment)
 
     def _read_acks(self, number: int) -> set[int]:
@@ -212,6 +214,7 @@ class Spool:
                 raise SpoolFull("no space left for the spool", 507) from exc
             raise
         segment.size += len(header) + length
+        self._bytes += len(header) + length
         index = segment.records
         segment.records += 1
         return RecordId(segment.number, index)
@@ -274,4 +277,5 @@ class Spool:
         self._log_path(segment.number).unlink(missing_ok=True)
         self._ack_path(segment.number).unlink(missing_ok=True)
         del self._segments[segment.number]
+        self._bytes -= segment.size
         return True
