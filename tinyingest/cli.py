@@ -170,7 +170,11 @@ def supervise(settings: Settings, workers: int) -> int:
     except DatafileError as exc:
         log.error("datafile error: %s", exc)
         return 2
-    sockets = bind_sockets(settings.port, settings.host)
+    # Each worker binds its own SO_REUSEPORT socket, so the kernel spreads connections over
+    # the workers (with one shared socket, one worker may accept every keep-alive
+    # connection). A first bind here reports a port in use before anything forks.
+    for sock in bind_sockets(settings.port, settings.host, reuse_port=True):
+        sock.close()
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
@@ -182,6 +186,7 @@ def supervise(settings: Settings, workers: int) -> int:
             _install_uvloop()
             code = 1
             try:
+                sockets = bind_sockets(settings.port, settings.host, reuse_port=True)
                 code = asyncio.run(serve(settings, sockets, number))
             finally:
                 os._exit(code)
