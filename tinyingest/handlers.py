@@ -524,7 +524,6 @@ class QueryHandler(BaseHandler):
         try:
             await super()._handle(coro)
         except TemplateError as error:
-            self.set_status(error.status)
             self.send_json(error.status, error.body if error.body is not None
                            else {"error": str(error)})
 
