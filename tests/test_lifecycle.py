@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,62 @@ def test_type_the_server_lacks_is_a_clear_startup_error(clickhouse_server: Click
         gateway.start()
     log = gateway.log_tail()
     assert "modern.datasource" in log and "'at' has type DateTime64" in log
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_body_over_the_limit_gets_413_with_bounded_memory(clickhouse_server: ClickHouseServer,
+                                                          tmp_path: Path) -> None:
+    """D2, short: a chunked body past TINYINGEST_MAX_BODY_BYTES stops at the limit."""
+    gateway = start_gateway("clickhouse", tmp_path, {"TINYINGEST_MAX_BODY_BYTES": str(32 << 20)},
+                            server=clickhouse_server)
+    try:
+        assert gateway.pid is not None
+        before, _ = _rss_mib(gateway.pid)
+        tag = uuid.uuid4().hex
+        try:
+            response = call(gateway, "POST", "/v0/events", params={"name": "events"},
+                            body=_stream_rows(96 << 20, tag), timeout=120)
+            status = response.status
+        except OSError:
+            status = 0  # the gateway answered 413 and closed while we were still sending
+        _, peak = _rss_mib(gateway.pid)
+        assert status in (413, 0)
+        assert peak - before < 150, (before, peak)
+        # Rows before the limit were accepted as they streamed (documented); none after it.
+        stored = int(sql(gateway, f"SELECT count() AS n FROM events WHERE tag = '{tag}'")[0]["n"])
+        assert stored * 60 < (40 << 20)
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_client_aborts_mid_body_leak_nothing(clickhouse_server: ClickHouseServer,
+                                             tmp_path: Path) -> None:
+    """D5, short: 20 uploads cut at half their body; the gateway stays healthy and tidy."""
+    import socket
+
+    gateway = start_gateway("clickhouse", tmp_path, server=clickhouse_server)
+    try:
+        assert gateway.pid is not None
+        call(gateway, "GET", "/healthz", token=None)
+        fds_before = _fds(gateway.pid)
+        line = json.dumps({"id": 1, "tag": "aborted"}).encode() + b"\n"
+        body = line * (4 << 20 // len(line))
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+                sock.sendall(f"POST /v0/events?name=events HTTP/1.1\r\nHost: x\r\n"
+                             f"Authorization: Bearer {gateway.token}\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode())
+                sock.sendall(body[: len(body) // 2])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            health = call(gateway, "GET", "/healthz", token=None).json()
+            if health["requests_in_flight"] == 0:
+                break
+            time.sleep(0.1)
+        assert health["requests_in_flight"] == 0  # every aborted request was let go
+        assert _fds(gateway.pid) <= fds_before + 2  # connections closed, nothing leaked
+    finally:
+        assert gateway.stop() == 0

@@ -710,7 +710,9 @@ class TokensHandler(BaseHandler):
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json(200, {"status": "ok", "parser": parser.IMPLEMENTATION,
-                             "backend": self.gateway.sink.name, "pid": os.getpid()})
+                             "backend": self.gateway.sink.name, "pid": os.getpid(),
+                             "requests_in_flight": self.gateway.active_requests,
+                             "spool_bytes": self.gateway.spool.bytes_on_disk})
 
 
 class NotFoundHandler(BaseHandler):
