@@ -423,3 +423,104 @@ class GatewayProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+#: More than an INSERT query packet (without its data) takes.
+_QUERY_BYTES = 2048
+
+
+class FaultProxy:
+    """A TCP relay on a free loopback port, with faults to switch on at run time.
+
+    Put it between the gateway and ClickHouse (``FaultProxy(server.tcp_port).url()``) and:
+
+    * :meth:`swallow_replies`: once a client has sent more than a query's worth of bytes
+      (its data) after this is switched on, the server's answers on that connection are
+      dropped: the INSERT reached ClickHouse, its acknowledgement never comes back (the
+      "link cut after data sent" case);
+    * :meth:`reset_all`: every open connection is reset (RST), as a network failure.
+
+    Runs its own thread; :meth:`close` stops it.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        import threading
+
+        self._target = (target_host, target_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port: int = self._listener.getsockname()[1]
+        self._swallow = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, database: str = "default") -> str:
+        """The ClickHouse URL through this proxy."""
+        return f"clickhouse://default:@127.0.0.1:{self.port}/{database}"
+
+    def swallow_replies(self, on: bool = True) -> None:
+        if on:
+            self._swallow.set()
+        else:
+            self._swallow.clear()
+
+    def reset_all(self) -> None:
+        import struct
+
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:  # SO_LINGER 0: close() sends RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        self.reset_all()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._target, timeout=10)
+            except OSError:
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            sent = [0]  # client bytes since swallow_replies() was switched on
+            threading.Thread(target=self._pump, args=(client, upstream, False, sent),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True, sent),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool,
+              sent: list[int]) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if not self._swallow.is_set():
+                    sent[0] = 0
+                elif not replies:
+                    sent[0] += len(chunk)
+                elif sent[0] > _QUERY_BYTES:
+                    continue  # the data went through; its answer is lost
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
