@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tinyingest")
 
+#: Pending connections the kernel queues per listening socket (Tornado's default is 128:
+#: a burst of thousands of clients would see resets instead of a queue).
+_BACKLOG = 4096
+
 
 def make_sink(settings: Settings) -> Sink:
     if settings.clickhouse_url:
@@ -83,7 +87,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
         decompress_request=False,  # we decode bodies ourselves, with a size limit
     )
     if sockets is None:
-        server.listen(settings.port, settings.host)
+        server.listen(settings.port, settings.host, backlog=_BACKLOG)
     else:
         server.add_sockets(sockets)
     log.info("tinyingest %s listening on http://%s:%d%s", __version__, settings.host,
@@ -186,7 +190,8 @@ def supervise(settings: Settings, workers: int) -> int:
             _install_uvloop()
             code = 1
             try:
-                sockets = bind_sockets(settings.port, settings.host, reuse_port=True)
+                sockets = bind_sockets(settings.port, settings.host, reuse_port=True,
+                                       backlog=_BACKLOG)
                 code = asyncio.run(serve(settings, sockets, number))
             finally:
                 os._exit(code)
