@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,13 @@ from tinyingest.errors import ErrorCode
 from tinyingest.idempotency import RecentRequests
 from tinyingest.block import EncodedBlock
 from tinyingest.native import encode_block
-from tinyingest.pipes import CompiledQuery, check_pipe, compile_endpoint, compile_node
+from tinyingest.pipes import (
+    CompiledQuery,
+    check_pipe,
+    compile_endpoint,
+    compile_node,
+    datasource_columns,
+)
 from tinyingest.quarantine import quarantine_rows, refused_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import QueryResult, Sink, SinkError
@@ -220,24 +226,37 @@ class Gateway:
 
     def readable_tables(self, token: Token | None) -> set[str]:
         """The data sources (and their quarantines) ``token`` may read; None: all, as a
-        published pipe reads whatever its SQL names."""
+        published pipe reads whatever its SQL names. A data source the token reads
+        through a row filter (JWT) comes without its quarantine."""
         names = set(self.tables) if token is None or token.is_admin else \
             token.resources(DATASOURCES_READ) & set(self.tables)
-        return names | {self.tables[name].datasource.quarantine_name for name in names}
+        filtered = token.filters if token is not None else {}
+        return names | {self.tables[name].datasource.quarantine_name for name in names
+                        if name not in filtered}
 
     def compile_sql(self, q: str, params: Mapping[str, str | list[str]],
                     token: Token) -> CompiledQuery:
         """``/v0/sql``: a query (a template if it starts with %) over what ``token`` may
-        read: data sources, their quarantines and pipes."""
+        read: data sources (through its row filters), their quarantines and pipes (with
+        its fixed parameters). ``column()`` & co name only columns of what it may read."""
         pipes = {name: pipe for name, pipe in self.project.pipes.items()
                  if token.can(PIPES_READ, name)}
         adhoc = Pipe("_sql", "", (Node("_sql", q),))
         return compile_node(adhoc, "_sql", params, self.readable_tables(token) | set(pipes),
-                            pipes=pipes, pipe_tables=self.readable_tables(None))
+                            pipes=pipes, pipe_tables=self.readable_tables(None),
+                            columns=datasource_columns(t.datasource
+                                                       for t in self.tables.values()),
+                            row_filters=token.filters, fixed_params=token.fixed_params)
 
-    def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]]) -> CompiledQuery:
+    def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]],
+                     token: Token | None = None) -> CompiledQuery:
+        """A pipe's endpoint, with ``token``'s fixed parameters (JWT) over ``params``;
+        ``column()`` & co name only columns of the data sources."""
         return compile_endpoint(pipe, params, self.readable_tables(None),
-                                pipes=self.project.pipes)
+                                pipes=self.project.pipes,
+                                columns=datasource_columns(t.datasource
+                                                           for t in self.tables.values()),
+                                fixed_params=token.fixed_params if token is not None else None)
 
     def _create_views(self, database: str) -> None:
         """Materialized pipes: a ClickHouse materialized view per node, ``TO`` its target,
@@ -331,11 +350,13 @@ class Ingest:
             self.quarantined_rows += len(block.errors)
             self.invalid_lines += sum(1 for e in block.errors if e.code in _UNREADABLE)
 
-    async def backpressure(self) -> None:
-        """While the table has much more pending than one flush, wait for a flush."""
+    def backpressure(self) -> Awaitable[Any] | None:
+        """While the table has much more pending than one flush: something to wait on
+        (the last block's insert); else None."""
         if self.table.batcher.pending_rows > 4 * BLOCK_ROWS and self._futures:
             # asyncio.wait: a failed insert is reported by stored(), not here.
-            await asyncio.wait([self._futures[-1]])
+            return asyncio.wait([self._futures[-1]])
+        return None
 
     async def stored(self) -> None:
         """Wait until ClickHouse has every row of this request; raises SinkError."""

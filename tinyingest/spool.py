@@ -21,6 +21,7 @@ power loss too, at the cost of one fsync per request.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import struct
@@ -75,13 +76,18 @@ def _readvarint(data: memoryview, pos: int) -> tuple[int, int]:
 
 
 
+@functools.lru_cache(maxsize=256)
+def _record_head(table: str, names: tuple[str, ...], types: tuple[str, ...]) -> bytes:
+    # The same for every block of a table: built once.
+    head = [binary_str(table), varint(len(names))]
+    for name, ch_type in zip(names, types):
+        head += [binary_str(name), binary_str(ch_type)]
+    return b"".join(head)
+
+
 def encode_record(table: str, block: EncodedBlock) -> list[bytes]:
     """The record's body as pieces (payloads are not copied here)."""
-    head = [binary_str(table), varint(len(block.names))]
-    for name, ch_type in zip(block.names, block.types):
-        head += [binary_str(name), binary_str(ch_type)]
-    head.append(varint(block.num_rows))
-    pieces = [b"".join(head)]
+    pieces = [_record_head(table, block.names, block.types), varint(block.num_rows)]
     for payload in block.payloads:
         pieces += [varint(len(payload)), payload]
     return pieces
