@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from tornado import web
@@ -30,6 +31,7 @@ from tinyingest.auth import (
     DATASOURCES_READ,
     PIPES_READ,
     Authorizer,
+    InvalidToken,
     Token,
     request_token,
 )
@@ -38,7 +40,7 @@ from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
-from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
+from tinyingest.pipes import CompiledQuery, apply_q, datasource_columns, pipe_parameters
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
 from tinyingest.template import TemplateError
@@ -82,7 +84,10 @@ class BaseHandler(web.RequestHandler):
                               self.get_query_argument("token", None))
         if value is None:
             raise APIError(403, "missing token: send 'Authorization: Bearer <token>'")
-        token = self.authorizer.identify(value)
+        try:
+            token = self.authorizer.identify(value)
+        except InvalidToken as exc:  # a JWT: malformed, badly signed, expired
+            raise APIError(403, str(exc)) from None
         if token is None:
             raise APIError(403, "invalid token")
         if scope == ADMIN and not token.is_admin:
@@ -247,15 +252,17 @@ class IngestHandler(BaseHandler):
             self.gateway.recent_requests.finish(*key, status, body)
         super().send_json(status, body)
 
-    async def data_received(self, chunk: bytes) -> None:
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        # Not a coroutine: most chunks need no waiting, and Tornado only waits on what
+        # is returned.
         if self.early is not None:
             self._discarded += len(chunk)
             if self._discarded > _DISCARD_LIMIT:  # a long chunked body: answer now
                 early, self.early = self.early, None
                 self._send_early(*early)
-            return
+            return None
         if self._finished or self.ingest is None or self.decoder is None:
-            return
+            return None
         try:
             data = self.decoder.feed(chunk)
             if self.multipart is not None:
@@ -263,13 +270,13 @@ class IngestHandler(BaseHandler):
             self.ingest.feed(data)
         except BodyError as exc:
             self.send_api_error(APIError(exc.status, str(exc)))
-            return
+            return None
         except SpoolFull as exc:
             # Blocks of this request spooled before this point are still delivered.
             self.send_api_error(APIError(exc.status, str(exc), {"Retry-After": "5"}))
-            return
-        # Flow control: Tornado reads no more of the body until this returns.
-        await self.ingest.backpressure()
+            return None
+        # Flow control: Tornado reads no more of the body until this is done.
+        return self.ingest.backpressure()
 
     async def post(self) -> None:
         if self.early is not None:
@@ -605,13 +612,16 @@ class PipeDataHandler(QueryHandler):
         if pipe is None:
             raise APIError(404, f"pipe '{name}' not found")
         params = self.request_params()
-        compiled = self.gateway.compile_pipe(pipe, params)
+        # A JWT's fixed_params win over the request's (compile_pipe applies them).
+        compiled = self.gateway.compile_pipe(pipe, params, token)
         sql = compiled.sql
         q = params.get("q")
         if q:
             # q is the caller's own SQL: it reads only what the token may read.
             sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
-                          self.gateway.readable_tables(token))
+                          self.gateway.readable_tables(token), row_filters=token.filters,
+                          columns=datasource_columns(
+                              t.datasource for t in self.gateway.tables.values()))
         await self.run_query(compiled, sql, output)
 
 

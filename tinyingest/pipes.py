@@ -18,8 +18,14 @@ With ``allowed_tables``, every other table reference must be one of those names 
 token's readable data sources); database-qualified names (``system.users``) and table
 functions (``numbers(10)``, ``url(...)``) are refused. This is defence in depth only:
 endpoint queries must still run as a ``readonly=1`` user that can read nothing else.
-``FROM a, b`` (comma joins) and names used outside ``FROM``/``JOIN``/``IN`` (e.g.
-``dictGet``, ``joinGet``) are not checked.
+The tables of a comma join (``FROM a, b``) count as references too; names used outside
+``FROM``/``JOIN``/``IN`` (e.g. ``dictGet``, ``joinGet``) are not checked.
+
+Also per call (:func:`compile_node`): ``columns`` limits what ``column()``,
+``columns()`` and ``symbol()`` may name to the columns of the tables a node may read
+(E3); ``row_filters`` replaces the caller's own reads of a data source by
+``(SELECT ... WHERE (<filter>))`` (JWT filters); ``fixed_params`` override the request's
+parameters inside a published pipe (JWT fixed params, E7).
 
 A compiled node may not contain ``;`` (a trailing one is dropped), ``FORMAT`` or
 ``INTO OUTFILE`` at its top level: the HTTP handler adds ``FORMAT`` itself.
@@ -27,7 +33,7 @@ A compiled node may not contain ``;`` (a trailing one is dropped), ``FORMAT`` or
 Request options that clients add (api.md 0.4) are never template parameters
 (:func:`template_params`).
 
->>> from tinyingest.datafiles import Node, Pipe
+>>> from tinyingest.datafiles import QUARANTINE_COLUMNS, DataSource, Node, Pipe
 >>> pipe = Pipe("top", "", (
 ...     Node("filtered", "% SELECT a FROM events WHERE a > {{Int32(min, 0)}}"),
 ...     Node("endpoint", "% SELECT a FROM filtered LIMIT {{Int32(limit, 10)}}", "endpoint")))
@@ -41,11 +47,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinyingest.datafiles import Node, Pipe
+from tinyingest.datafiles import QUARANTINE_COLUMNS, DataSource, Node, Pipe
 from tinyingest.template import (
     Param,
     ParamValue,
@@ -62,8 +68,10 @@ __all__ = [
     "PipeError",
     "apply_q",
     "check_pipe",
+    "check_row_filter",
     "compile_endpoint",
     "compile_node",
+    "datasource_columns",
     "is_reserved_param",
     "pipe_parameters",
     "table_references",
@@ -222,6 +230,13 @@ def _tokens(sql: str) -> Iterator[_Token]:
             pos += 1
 
 
+#: Words that end the table list of a FROM (after which a comma is not a comma join).
+_FROM_LIST_END = frozenset("""
+    WHERE PREWHERE GROUP ORDER LIMIT OFFSET HAVING SETTINGS FORMAT UNION INTO WINDOW QUALIFY
+    EXCEPT INTERSECT JOIN ARRAY ON USING SELECT
+    """.split())
+
+
 @dataclass(frozen=True, slots=True)
 class _Reference:
     name: str  # "db.table" when qualified
@@ -243,16 +258,28 @@ def _scan(sql: str) -> tuple[list[_Reference], list[tuple[str, int]]]:
     references: list[_Reference] = []
     problems: list[tuple[str, int]] = []
     levels: list[bool | None] = [True]  # per open paren: is it a query (SELECT ...)?
-    n = len(tokens)
+    from_lists = [False]  # per open paren: between FROM and the end of its table list
     for index, token in enumerate(tokens):
         if levels[-1] is None:
             levels[-1] = token.upper in ("SELECT", "WITH")
         if token.text == "(" and token.kind == "punct":
             levels.append(None)
+            from_lists.append(False)
             continue
         if token.text == ")" and token.kind == "punct":
             if len(levels) > 1:
                 levels.pop()
+                from_lists.pop()
+            continue
+        if token.upper in _FROM_LIST_END:
+            from_lists[-1] = False
+        elif token.upper == "FROM" and levels[-1]:
+            from_lists[-1] = True
+        elif from_lists[-1] and token.kind == "punct" and token.text == ",":
+            # FROM a, b: a comma join reads b too.
+            ref = _reference_at(tokens, index + 1, "FROM")
+            if ref is not None:
+                references.append(ref)
             continue
         if len(levels) == 1:
             if token.text == ";" and token.kind == "punct":
@@ -328,6 +355,9 @@ class _Tables(Mapping[str, str]):
             return self._compiler.subquery(self._pipe, other) + " AS " + sql_identifier(name)
         if self._compiler.allowed is not None and name in self._compiler.allowed:
             self._compiler.tables.add(name)
+            filtered = self._compiler.filtered(self._pipe, name)
+            if filtered is not None:
+                return filtered + " AS " + sql_identifier(name)
             return sql_identifier(name)
         raise KeyError(name)
 
@@ -348,6 +378,14 @@ class _Compiler:
     #: What the nodes of *other* published pipes may read (a pipe reads with its own
     #: rights, not the caller's); "same": ``allowed``.
     pipe_tables: Collection[str] | None | str = "same"
+    #: Table -> its column names: ``column()``/``columns()``/``symbol()`` in a node accept
+    #: the columns of the tables that node may read (None: no check).
+    columns: Mapping[str, Collection[str]] | None = None
+    #: Table -> row filter (SQL) for the caller's own reads (JWT ``DATASOURCES:READ``).
+    filters: Mapping[str, str] = field(default_factory=dict)
+    #: Pipe -> parameters that override the request's inside that pipe (JWT).
+    fixed_params: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
+    allowlists: dict[int, frozenset[str]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
     tables: set[str] = field(default_factory=set)
@@ -370,7 +408,7 @@ class _Compiler:
         self.stack.append(key)
         try:
             rendered = render_sql(node.sql, self.params, tables=_Tables(self, pipe, node),
-                                  test_mode=self.test_mode)
+                                  test_mode=self.test_mode, columns=self.allowlist(pipe))
             for name, value in rendered.settings.items():
                 self.settings[name] = value
             self.hints.update(rendered.hints)
@@ -380,6 +418,35 @@ class _Compiler:
         self.done[key] = sql
         self.order.append(node.name if pipe.name == self.root else f"{pipe.name}.{node.name}")
         return sql
+
+    def readable(self, pipe: Pipe) -> Collection[str] | None:
+        """What the nodes of ``pipe`` may read (None: anything)."""
+        if pipe.name != self.root and not isinstance(self.pipe_tables, str):
+            return self.pipe_tables
+        return self.allowed
+
+    def allowlist(self, pipe: Pipe) -> frozenset[str] | None:
+        """The identifiers ``column()`` & co may name in a node of ``pipe``."""
+        if self.columns is None:
+            return None
+        readable = self.readable(pipe)
+        key = id(readable)
+        if key not in self.allowlists:
+            self.allowlists[key] = frozenset(
+                name for table, names in self.columns.items()
+                if readable is None or table in readable for name in names)
+        return self.allowlists[key]
+
+    def filtered(self, pipe: Pipe, table: str) -> str | None:
+        """The subquery standing for ``table`` when the caller reads it through a row
+        filter (only the caller's own SQL: a published pipe reads with its own rights)."""
+        row_filter = self.filters.get(table)
+        if row_filter is None or pipe.name != self.root:
+            return None
+        names = (self.columns or {}).get(table)
+        select = ", ".join(map(sql_identifier, names)) if names else "*"
+        return (f"(\nSELECT {select} FROM {sql_identifier(table)} WHERE (\n{row_filter}\n)"
+                "\n)")
 
     def _resolve(self, pipe: Pipe, node: Node, sql: str) -> str:
         references, problems = _scan(sql)
@@ -410,10 +477,18 @@ class _Compiler:
             endpoint = published.endpoint
             if endpoint is None:
                 raise PipeError(f"Pipe '{ref.name}' has no endpoint node")
-            return self.subquery(published, endpoint)
-        allowed = self.allowed
-        if pipe.name != self.root and not isinstance(self.pipe_tables, str):
-            allowed = self.pipe_tables
+            fixed = self.fixed_params.get(published.name)
+            if not fixed:
+                return self.subquery(published, endpoint)
+            # Its fixed parameters win over the request's, in every node it reads.
+            saved = self.params, self.done
+            self.params = {**self.params, **template_params(fixed)}
+            self.done = {}
+            try:
+                return self.subquery(published, endpoint)
+            finally:
+                self.params, self.done = saved
+        allowed = self.readable(pipe)
         if allowed is not None:
             if ref.function:
                 raise PipeError(f"Node '{node.name}': table functions are not allowed: "
@@ -422,6 +497,7 @@ class _Compiler:
                 raise PipeError(f"Node '{node.name}': Resource '{ref.name}' not found")
         if not ref.function:
             self.tables.add(ref.name)
+            return self.filtered(pipe, ref.name)
         return None
 
 
@@ -441,7 +517,11 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
                  allowed_tables: Collection[str] | None = None, *,
                  pipes: Mapping[str, Pipe] | None = None,
                  test_mode: bool = False,
-                 pipe_tables: Collection[str] | None | str = "same") -> CompiledQuery:
+                 pipe_tables: Collection[str] | None | str = "same",
+                 columns: Mapping[str, Collection[str]] | None = None,
+                 row_filters: Mapping[str, str] | None = None,
+                 fixed_params: Mapping[str, Mapping[str, ParamValue]] | None = None,
+                 ) -> CompiledQuery:
     """Compile node ``node`` of ``pipe`` (and the nodes it reads) into one SELECT.
 
     :param params: request parameters; reserved options (:data:`RESERVED_PARAMS`) are
@@ -455,6 +535,14 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
     :param pipe_tables: what the nodes of the published pipes in ``pipes`` may read
         (default: ``allowed_tables``): a caller allowed to read a pipe reads its data
         through it, not the tables directly.
+    :param columns: table -> column names. When given, ``column()``, ``columns()`` and
+        ``symbol()`` accept only the columns of the tables a node may read (and their
+        defaults): anything else is a 400 ``invalid column ...`` (E3).
+    :param row_filters: table -> SQL condition (checked with :func:`check_row_filter`):
+        where ``pipe``'s own SQL reads that table it reads
+        ``(SELECT <columns> FROM table WHERE (<filter>)) AS table`` instead.
+    :param fixed_params: pipe -> parameters that override the request's wherever that
+        published pipe is read (JWT ``fixed_params``, E7).
     :raises TemplateError: a parameter is missing or invalid (400), ``error()``...
     :raises PipeError: unknown node, table or circular reference.
     """
@@ -462,7 +550,8 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
     if target is None:
         raise PipeError(f"Node '{node}' not found in pipe '{pipe.name}'", 404)
     compiler = _Compiler(template_params(params), allowed_tables, pipes or {}, test_mode,
-                         pipe.name, pipe_tables)
+                         pipe.name, pipe_tables, columns, row_filters or {},
+                         fixed_params or {})
     sql = compiler.node_sql(pipe, target)
     return CompiledQuery(sql, compiler.settings, compiler.hints, target.name,
                          tuple(compiler.order), tuple(sorted(compiler.tables)))
@@ -471,35 +560,98 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
 def compile_endpoint(pipe: Pipe, params: Mapping[str, ParamValue],
                      allowed_tables: Collection[str] | None = None, *,
                      pipes: Mapping[str, Pipe] | None = None,
-                     test_mode: bool = False) -> CompiledQuery:
+                     test_mode: bool = False,
+                     columns: Mapping[str, Collection[str]] | None = None,
+                     fixed_params: Mapping[str, Mapping[str, ParamValue]] | None = None,
+                     ) -> CompiledQuery:
     """Compile the pipe's endpoint node (:attr:`Pipe.endpoint`); see :func:`compile_node`.
 
+    :param fixed_params: pipe -> parameters that override the request's: those of
+        ``pipe`` in every node this compiles (the published pipes it reads included),
+        those of another pipe wherever it is read (JWT ``fixed_params``, E7).
     :raises PipeError: (404) the pipe has no endpoint node.
     """
     endpoint = pipe.endpoint
     if endpoint is None:
         raise PipeError(f"The pipe '{pipe.name}' does not have an endpoint yet", 404)
+    fixed = (fixed_params or {}).get(pipe.name)
+    if fixed:
+        params = {**template_params(params), **template_params(fixed)}
     return compile_node(pipe, endpoint.name, params, allowed_tables, pipes=pipes,
-                        test_mode=test_mode)
+                        test_mode=test_mode, columns=columns, fixed_params=fixed_params)
 
 
 def apply_q(q: str, compiled: CompiledQuery,
-            allowed_tables: Collection[str] | None = None) -> str:
+            allowed_tables: Collection[str] | None = None, *,
+            row_filters: Mapping[str, str] | None = None,
+            columns: Mapping[str, Collection[str]] | None = None) -> str:
     """The ``q`` request option: SQL over the endpoint result, ``_`` standing for it.
 
     ``q`` is user SQL: every other table it reads must be in ``allowed_tables`` (when
-    given); it may not contain ``;`` or ``FORMAT`` (the handler adds it).
+    given), through ``row_filters``; it may not contain ``;`` or ``FORMAT`` (the handler
+    adds it). ``_`` itself reads with the pipe's rights (it was compiled already).
 
     >>> apply_q("SELECT * FROM _ LIMIT 5", CompiledQuery("SELECT 1 AS x", {}, {}, "e", (), ()))
     'SELECT * FROM (\\nSELECT 1 AS x\\n) AS `_` LIMIT 5'
     """
-    pipe = Pipe("q", "", (Node("_", compiled.sql), Node("q", q)))
     # compiled.sql is already rendered: no template marker, so it is not re-rendered.
     if is_template(compiled.sql):
         raise PipeError("cannot apply q to a template")
     if is_template(q):
         raise PipeError("q cannot be a template here")
-    return compile_node(pipe, "q", {}, allowed_tables).sql
+    result = Pipe("_", "", (Node("_", compiled.sql, "endpoint"),))
+    return compile_node(Pipe("q", "", (Node("q", q),)), "q", {}, allowed_tables,
+                        pipes={"_": result}, pipe_tables=None, columns=columns,
+                        row_filters=row_filters).sql
+
+
+def datasource_columns(datasources: Iterable[DataSource]) -> dict[str, tuple[str, ...]]:
+    """Table -> column names, for each data source and its quarantine table (the
+    ``columns`` allowlist of :func:`compile_node`)."""
+    columns: dict[str, tuple[str, ...]] = {}
+    for datasource in datasources:
+        columns[datasource.name] = datasource.column_names
+        columns[datasource.quarantine_name] = (
+            tuple(name for name, _ in QUARANTINE_COLUMNS) + datasource.quarantine_columns
+            + ("insertion_date",))
+    return columns
+
+
+def check_row_filter(text: str) -> str:
+    """Check a row filter (JWT ``DATASOURCES:READ`` ``filter``): one SQL condition that
+    reads no table and cannot leave the ``WHERE (...)`` it is pasted into. Returns it
+    stripped; raises :class:`ValueError`.
+
+    >>> check_row_filter(" tenant_id = 1 ")
+    'tenant_id = 1'
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("the filter is empty")
+    if len(stripped) > 16_384:
+        raise ValueError("the filter is longer than 16384 characters")
+    depth = 0
+    padded = stripped + "\n"
+    for token in _tokens(padded):
+        if token.kind == "comment":
+            raise ValueError("the filter must not contain comments")
+        if token.kind in ("string", "quoted") and token.end >= len(padded):
+            raise ValueError("the filter has an unterminated quote")
+        if token.kind == "punct" and token.text in "([":
+            depth += 1
+        elif token.kind == "punct" and token.text in ")]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("the filter has unbalanced brackets")
+        elif token.kind == "punct" and token.text == ";":
+            raise ValueError("the filter must not contain ';'")
+        elif token.upper in ("SELECT", "FORMAT", "SETTINGS", "UNION", "INTO", "FROM", "JOIN"):
+            raise ValueError(f"the filter must not contain {token.upper}")
+    if depth:
+        raise ValueError("the filter has unbalanced brackets")
+    if table_references(stripped):
+        raise ValueError("the filter must not read tables")
+    return stripped
 
 
 def pipe_parameters(pipe: Pipe, node: str | None = None) -> list[Param]:

@@ -40,7 +40,11 @@ A ``str`` result is emitted as ``'...'`` with these escapes (:func:`sql_string`)
 NUL ``\\0``, CR ``\\r``, LF ``\\n``, TAB ``\\t``, BS ``\\b``, ``"`` ``\\"``, ``'`` ``\\'``,
 backslash ``\\\\``, backquote ``\\```; every other character is sent as is. Identifiers
 (``column``, ``columns``, ``symbol``, ``table``) are wrapped in backquotes with the same
-escapes (:func:`sql_identifier`). Two deliberate differences from Tinybird, both measured
+escapes (:func:`sql_identifier`). Given an allowlist (``columns=`` of :meth:`Template.render`;
+:mod:`tinyingest.pipes` passes the columns of the tables the query may read), ``column``,
+``columns`` and ``symbol`` accept only those names and their own defaults: anything else
+(``*``, ``a`), b``, ``system.users``, a 10k-character name) is a 400 ``invalid column ...``,
+and escaping stays as defence in depth. Two deliberate differences from Tinybird, both measured
 on ClickHouse 18.16.1 and chDB 26.9 (``tests/test_template_clickhouse.py`` keeps them
 honest):
 
@@ -67,7 +71,7 @@ import datetime as _dt
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias
 
@@ -509,8 +513,30 @@ def _identifier_of(fname: str, var: _Var, default: Any) -> str:
     if not text:
         _fail(f"{fname}() needs a non-empty name")
     if len(text) > 1024:
+        if fname != "table":
+            raise TemplateError(f"invalid column '{_shown(text)}': {fname}() names are at "
+                                "most 1024 characters")
         _fail(f"{fname}() name is longer than 1024 characters")
     return text
+
+
+def _default_names(default: Any) -> set[str]:
+    """The names a ``column``/``columns``/``symbol`` default gives (the pipe author's)."""
+    value = _plain(default)
+    if value is None:
+        return set()
+    raw = ",".join(map(_scalar_text, value)) if isinstance(value, (list, tuple)) \
+        else _scalar_text(value)
+    return {raw.strip()} | {part.strip() for part in raw.split(",")}
+
+
+def _check_identifier(ctx: _Context, fname: str, name: str, default: Any) -> None:
+    """E3: an identifier from a parameter must be a column the SQL may read, or the
+    default the pipe's author wrote; escaping stays as defence in depth."""
+    if ctx.columns is None or name in ctx.columns or name in _default_names(default):
+        return
+    raise TemplateError(f"invalid column '{_shown(name)}': {fname}() accepts only the "
+                        "columns of the data sources this query may read")
 
 
 def _column(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue:
@@ -521,6 +547,7 @@ def _column(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue:
     # Unlike Tinybird, "a.b" is not split into `a`.`b`: one backquoted name still reaches
     # a Nested or JSON sub-column, and a parameter cannot name another table's column.
     name = _identifier_of("column", _as_var(bound["name"]), bound["default"])
+    _check_identifier(ctx, "column", name, bound["default"])
     return SQLValue(sql_identifier(name), name)
 
 
@@ -536,6 +563,11 @@ def _columns(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue
     names = [part.strip() for part in raw.split(",") if part.strip()]
     if not names:
         _fail("columns() needs at least one name")
+    for name in names:
+        if len(name) > 1024:
+            raise TemplateError(f"invalid column '{_shown(name)}': columns() names are at "
+                                "most 1024 characters")
+        _check_identifier(ctx, "columns", name, bound["default"])
     fn = _plain(bound.get("fn"))
     if fn is not None and (not isinstance(fn, str) or not _SQL_NAME.fullmatch(fn)):
         _fail(f"columns() fn must be a function name, not {fn!r}")
@@ -549,6 +581,7 @@ def _columns(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue
 def _symbol(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> SQLValue:
     bound = _bind("symbol", args, kwargs, ("name", "default"))
     name = _identifier_of("symbol", _as_var(bound["name"]), bound.get("default"))
+    _check_identifier(ctx, "symbol", name, bound.get("default"))
     return SQLValue(sql_identifier(name), name)
 
 
@@ -1072,6 +1105,8 @@ class _Context:
     tables: Mapping[str, str]
     test_mode: bool
     template: Template
+    #: What ``column()``/``columns()``/``symbol()`` may name (None: anything).
+    columns: Collection[str] | None = None
     variables: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
@@ -1404,7 +1439,8 @@ class Template:
 
     def render(self, params: Mapping[str, ParamValue], *,
                tables: Mapping[str, str] | Iterable[str] = (),
-               test_mode: bool = False) -> Rendered:
+               test_mode: bool = False,
+               columns: Collection[str] | None = None) -> Rendered:
         """Render with request parameters.
 
         :param params: parameter name -> value (a list for a repeated key). Reserved
@@ -1413,11 +1449,14 @@ class Template:
             up lazily, with ``get``), or names (emitted backquoted). Anything else is a 400.
         :param test_mode: missing parameters get placeholder values and ``error()`` does
             nothing (Tinybird's check at push time).
+        :param columns: the identifiers ``column()``, ``columns()`` and ``symbol()`` accept
+            (besides their own defaults): the columns of the tables the query may read.
+            Anything else is a 400 ``invalid column ...``. None: no check (escaping only).
         :raises TemplateError: bad or missing parameter, ``error()``, ``custom_error()``.
         """
         table_sql = tables if isinstance(tables, Mapping) \
             else {name: sql_identifier(name) for name in tables}
-        ctx = _Context(params, table_sql, test_mode, self)
+        ctx = _Context(params, table_sql, test_mode, self, columns)
         out: list[str] = []
         try:
             _run(self._nodes, ctx, out)
@@ -1442,11 +1481,13 @@ def compile_template(text: str) -> Template:
 
 def render_sql(sql: str, params: Mapping[str, ParamValue], *,
                tables: Mapping[str, str] | Iterable[str] = (),
-               test_mode: bool = False) -> Rendered:
+               test_mode: bool = False,
+               columns: Collection[str] | None = None) -> Rendered:
     """Render ``sql`` if it is a template (:func:`is_template`), else return it as is."""
     if not is_template(sql):
         return Rendered(sql, {}, {})
-    return compile_template(sql).render(params, tables=tables, test_mode=test_mode)
+    return compile_template(sql).render(params, tables=tables, test_mode=test_mode,
+                                        columns=columns)
 
 
 def template_parameters(text: str) -> list[Param]:
