@@ -116,6 +116,7 @@ cdef class _ParserCore:
             col.scale = spec.scale
             col.precision = spec.precision
             col.depth = spec.array_depth
+            col.is_map = spec.is_map
             if col.depth and spec.default_text is not None:
                 raise SchemaError(
                     f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}")
@@ -154,6 +155,7 @@ cdef class _ParserCore:
                 buf_free(&self._cols[i].enum_entries)
                 buf_free(&self._cols[i].ends[0])
                 buf_free(&self._cols[i].ends[1])
+                buf_free(&self._cols[i].keys)
             PyMem_Free(self._cols)
         PyMem_Free(self._slots)
         buf_free(&self._tail)
@@ -181,6 +183,7 @@ cdef class _ParserCore:
                 ))
                 col.ends[0].len = 0
                 col.ends[1].len = 0
+                col.keys.len = 0
             else:
                 columns.append(ColumnData(
                     PyBytes_FromStringAndSize(col.values.ptr, col.values.len),
@@ -205,11 +208,12 @@ cdef class _ParserCore:
         return block
 
     cdef bytes _array_payload(self, Column* col):
-        # The nested Native payload of an Array column: inner end offsets, the elements'
-        # null map, then the elements (String: varint length + bytes each).
+        # The nested Native payload of an Array column: inner end offsets (Map: the
+        # keys), the elements' null map, then the elements (String: varint length +
+        # bytes each).
         cdef Buf out
         cdef Py_ssize_t count = col_children(col, col.depth)
-        cdef size_t inner = <size_t>col.ends[1].len if col.depth > 1 else 0
+        cdef size_t inner = <size_t>col.ends[1].len if col.depth > 1 else <size_t>col.keys.len
         cdef size_t nulls = <size_t>col.nulls.len
         cdef int rc
         memset(&out, 0, sizeof(Buf))
@@ -218,7 +222,7 @@ cdef class _ParserCore:
                 rc = buf_reserve(&out, <Py_ssize_t>(inner + nulls) + col.values.len + count * 10)
                 if rc == 0:
                     if inner:
-                        memcpy(out.ptr, col.ends[1].ptr, inner)
+                        memcpy(out.ptr, col.ends[1].ptr if col.depth > 1 else col.keys.ptr, inner)
                     if nulls:
                         memcpy(out.ptr + inner, col.nulls.ptr, nulls)
                     out.len = <Py_ssize_t>(inner + nulls)
@@ -408,7 +412,12 @@ cdef class _ParserCore:
         cdef int rc, code
         if col.depth:
             col_mark_row(col)
-            rc = self._store_array(col, slot.kind, slot.escaped, slot.ptr, slot.len, 0)
+            if slot.kind == KIND_CSV_TEXT:
+                rc = self._store_csv(col, <const unsigned char*>slot.ptr, slot.len)
+            elif col.is_map:
+                rc = self._store_map(col, slot.kind, slot.escaped, slot.ptr, slot.len)
+            else:
+                rc = self._store_array(col, slot.kind, slot.escaped, slot.ptr, slot.len, 0)
             if rc != ERR_NONE and rc != ERR_NO_MEMORY:
                 col_undo_row(col)  # the elements stored before the bad one
         elif slot.kind == KIND_MISSING:
@@ -468,59 +477,184 @@ cdef class _ParserCore:
         # empty array; any other value is BAD_VALUE. Returns like _store_elem, with the
         # column possibly part-filled on a row error (the caller undoes the row).
         cdef const unsigned char* s = <const unsigned char*>ptr
-        cdef Py_ssize_t pos, stop
-        cdef unsigned char c
+        cdef Py_ssize_t pos, stop, item_len
+        cdef const char* item
         cdef bint item_escaped
         cdef int item_kind, rc
         if kind == KIND_NESTED and s[0] == b'[':
             pos = json_ws(s, 1, length)
             while s[pos] != b']':
-                c = s[pos]
-                item_escaped = False
-                if c == b'"':
-                    stop = json_string_end(s, pos, &item_escaped)
-                    item_kind = KIND_JSON_STRING
-                elif c == b'[' or c == b'{':
-                    stop = json_nested_end(s, pos)
-                    item_kind = KIND_NESTED
-                elif c == b'n':
-                    stop = pos + 4
-                    item_kind = KIND_NULL
-                else:  # a number, true or false
-                    stop = pos + 1
-                    while stop < length and not is_ws(s[stop]) and s[stop] != b',' \
-                            and s[stop] != b']':
-                        stop += 1
-                    item_kind = KIND_TEXT
-                if item_kind == KIND_JSON_STRING:
-                    ptr = <const char*>s + pos + 1
-                    rc = stop - pos - 2
-                else:
-                    ptr = <const char*>s + pos
-                    rc = stop - pos
+                stop = json_item(s, pos, length, &item_kind, &item_escaped, &item, &item_len)
                 if level + 1 < col.depth:
-                    rc = self._store_array(col, item_kind, item_escaped, ptr, rc, level + 1)
+                    rc = self._store_array(col, item_kind, item_escaped, item, item_len, level + 1)
                 else:
-                    rc = self._store_elem(col, item_kind, item_escaped, ptr, rc)
+                    rc = self._store_elem(col, item_kind, item_escaped, item, item_len)
                 if rc != ERR_NONE:
                     return rc
                 pos = json_ws(s, stop, length)
                 if s[pos] == b',':
                     pos = json_ws(s, pos + 1, length)
         elif kind != KIND_NULL and kind != KIND_MISSING:
-            # Not an array: report the value as a scalar column would show it.
-            if kind == KIND_NESTED or (kind == KIND_JSON_STRING and escaped):
-                self._scratch.len = 0
-                if (self._compact(&self._scratch, s, length) if kind == KIND_NESTED
-                        else self._unescape(&self._scratch, s, length)) < 0:
-                    return ERR_NO_MEMORY
-                self._bad_ptr = self._scratch.ptr
-                self._bad_len = self._scratch.len
-            else:
-                self._bad_ptr = ptr
-                self._bad_len = length
-            return ERR_BAD_VALUE
+            return self._bad_value(kind, escaped, s, length)
         return col_end_array(col, level)
+
+    @cython.final
+    cdef int _bad_value(self, int kind, bint escaped,
+                        const unsigned char* s, Py_ssize_t length) noexcept nogil:
+        # BAD_VALUE for a JSON value that is not what the column takes, shown as a
+        # scalar column would show it.
+        if kind == KIND_NESTED or (kind == KIND_JSON_STRING and escaped):
+            self._scratch.len = 0
+            if (self._compact(&self._scratch, s, length) if kind == KIND_NESTED
+                    else self._unescape(&self._scratch, s, length)) < 0:
+                return ERR_NO_MEMORY
+            self._bad_ptr = self._scratch.ptr
+            self._bad_len = self._scratch.len
+        else:
+            self._bad_ptr = <const char*>s
+            self._bad_len = length
+        return ERR_BAD_VALUE
+
+    @cython.final
+    cdef int _store_map(self, Column* col, int kind, bint escaped, const char* ptr,
+                        Py_ssize_t length) noexcept nogil:
+        # A JSON object (raw text, validated by the scan) into a Map column: per member
+        # its key, then its value as an element; then the row's end offset. Null or
+        # missing is the empty map; any other value is BAD_VALUE. Returns like
+        # _store_array.
+        cdef const unsigned char* s = <const unsigned char*>ptr
+        cdef Py_ssize_t pos, stop, item_len
+        cdef bint key_escaped, item_escaped
+        cdef int item_kind, rc
+        cdef const char* item
+        if kind == KIND_NESTED and s[0] == b'{':
+            pos = json_ws(s, 1, length)
+            while s[pos] != b'}':
+                key_escaped = False
+                stop = json_string_end(s, pos, &key_escaped)
+                if key_escaped:
+                    self._scratch.len = 0
+                    if self._unescape(&self._scratch, s + pos + 1, stop - pos - 2) < 0:
+                        return ERR_NO_MEMORY
+                    rc = col_append_key(col, self._scratch.ptr, self._scratch.len)
+                else:
+                    rc = col_append_key(col, <const char*>s + pos + 1, stop - pos - 2)
+                if rc != ERR_NONE:
+                    return rc
+                pos = json_ws(s, json_ws(s, stop, length) + 1, length)  # past the colon
+                stop = json_item(s, pos, length, &item_kind, &item_escaped, &item, &item_len)
+                rc = self._store_elem(col, item_kind, item_escaped, item, item_len)
+                if rc != ERR_NONE:
+                    return rc
+                pos = json_ws(s, stop, length)
+                if s[pos] == b',':
+                    pos = json_ws(s, pos + 1, length)
+        elif kind != KIND_NULL and kind != KIND_MISSING:
+            return self._bad_value(kind, escaped, s, length)
+        return col_end_array(col, 0)
+
+    # --- CSV Array / Map literals (see _pyparser._csv_literal) ---
+
+    @cython.final
+    cdef int _store_csv(self, Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t pos = csv_ws(s, 0, n)
+        cdef unsigned char opening = b'{' if col.is_map else b'['
+        if not csv_literal_valid(s, n) or s[pos] != opening:
+            self._bad_ptr = <const char*>s
+            self._bad_len = n
+            return ERR_BAD_VALUE
+        if col.is_map:
+            return self._store_csv_map(col, s, pos, n)
+        return self._store_csv_array(col, s, pos, n, 0)
+
+    @cython.final
+    cdef int _store_csv_array(self, Column* col, const unsigned char* s, Py_ssize_t pos,
+                              Py_ssize_t n, int level) noexcept nogil:
+        # The valid list literal at pos into level `level` of an Array column.
+        cdef Py_ssize_t stop
+        cdef int rc
+        pos = csv_ws(s, pos + 1, n)
+        if s[pos] != b']':
+            while True:
+                stop = csv_value_end(s, pos, n)
+                if level + 1 < col.depth:
+                    if s[pos] == b'[':
+                        rc = self._store_csv_array(col, s, pos, n, level + 1)
+                    elif stop - pos == 4 and memcmp(s + pos, b"NULL", 4) == 0:
+                        rc = col_end_array(col, level + 1)
+                    else:
+                        rc = self._csv_item_text(s, pos, stop)
+                        if rc == ERR_NONE:
+                            rc = ERR_BAD_VALUE
+                else:
+                    rc = self._store_csv_elem(col, s, pos, stop)
+                if rc != ERR_NONE:
+                    return rc
+                pos = csv_ws(s, stop, n)
+                if s[pos] != b',':
+                    break
+                pos = csv_ws(s, pos + 1, n)
+        return col_end_array(col, level)
+
+    @cython.final
+    cdef int _store_csv_map(self, Column* col, const unsigned char* s, Py_ssize_t pos,
+                            Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t stop
+        cdef int rc
+        pos = csv_ws(s, pos + 1, n)
+        if s[pos] != b'}':
+            while True:
+                stop = csv_value_end(s, pos, n)
+                rc = self._csv_item_text(s, pos, stop)
+                if rc != ERR_NONE:
+                    return rc
+                if s[pos] == b'[' or s[pos] == b'{':
+                    return ERR_BAD_VALUE
+                if s[pos] != b"'" and stop - pos == 4 and memcmp(s + pos, b"NULL", 4) == 0:
+                    return ERR_NULL
+                if not utf8_valid(<const unsigned char*>self._bad_ptr, self._bad_len):
+                    return ERR_INVALID_UTF8
+                rc = col_append_key(col, self._bad_ptr, self._bad_len)
+                if rc != ERR_NONE:
+                    return rc
+                pos = csv_ws(s, csv_ws(s, stop, n) + 1, n)  # past the colon
+                stop = csv_value_end(s, pos, n)
+                rc = self._store_csv_elem(col, s, pos, stop)
+                if rc != ERR_NONE:
+                    return rc
+                pos = csv_ws(s, stop, n)
+                if s[pos] != b',':
+                    break
+                pos = csv_ws(s, pos + 1, n)
+        return col_end_array(col, 0)
+
+    @cython.final
+    cdef int _csv_item_text(self, const unsigned char* s, Py_ssize_t pos,
+                            Py_ssize_t stop) noexcept nogil:
+        # The text of the item s[pos:stop] into _bad_ptr/_bad_len: a quoted string's
+        # content (unescaped, in _scratch), else as written.
+        if s[pos] == b"'":
+            self._scratch.len = 0
+            if csv_unquote(&self._scratch, s, pos, stop) < 0:
+                return ERR_NO_MEMORY
+            self._bad_ptr = self._scratch.ptr
+            self._bad_len = self._scratch.len
+        else:
+            self._bad_ptr = <const char*>s + pos
+            self._bad_len = stop - pos
+        return ERR_NONE
+
+    @cython.final
+    cdef int _store_csv_elem(self, Column* col, const unsigned char* s, Py_ssize_t pos,
+                             Py_ssize_t stop) noexcept nogil:
+        cdef int rc = self._csv_item_text(s, pos, stop)
+        if rc != ERR_NONE:
+            return rc
+        if s[pos] == b'[' or s[pos] == b'{':
+            return ERR_BAD_VALUE
+        if s[pos] != b"'" and stop - pos == 4 and memcmp(s + pos, b"NULL", 4) == 0:
+            return self._store_elem(col, KIND_NULL, False, self._bad_ptr, 4)
+        return self._store_elem(col, KIND_TEXT, False, self._bad_ptr, self._bad_len)
 
     @cython.final
     cdef int _store_all(self, const char* row, Py_ssize_t n) noexcept nogil:
@@ -609,6 +743,209 @@ cdef Py_ssize_t json_nested_end(const unsigned char* s, Py_ssize_t pos) noexcept
         pos += 1
 
 
+cdef inline Py_ssize_t json_item(const unsigned char* s, Py_ssize_t pos, Py_ssize_t length,
+                                 int* kind, bint* escaped, const char** ptr,
+                                 Py_ssize_t* item_len) noexcept nogil:
+    # The validated JSON value at pos, as an element: its kind and text (a string's
+    # content, still escaped); returns its end.
+    cdef unsigned char c = s[pos]
+    cdef Py_ssize_t stop
+    escaped[0] = False
+    if c == b'"':
+        stop = json_string_end(s, pos, escaped)
+        kind[0] = KIND_JSON_STRING
+    elif c == b'[' or c == b'{':
+        stop = json_nested_end(s, pos)
+        kind[0] = KIND_NESTED
+    elif c == b'n':
+        stop = pos + 4
+        kind[0] = KIND_NULL
+    else:  # a number, true or false
+        stop = pos + 1
+        while stop < length and not is_ws(s[stop]) and s[stop] != b',' \
+                and s[stop] != b']' and s[stop] != b'}':
+            stop += 1
+        kind[0] = KIND_TEXT
+    if kind[0] == KIND_JSON_STRING:
+        ptr[0] = <const char*>s + pos + 1
+        item_len[0] = stop - pos - 2
+    else:
+        ptr[0] = <const char*>s + pos
+        item_len[0] = stop - pos
+    return stop
+
+
+# CSV Array / Map literals: see _pyparser._csv_literal.
+
+cdef inline bint csv_sep(unsigned char c) noexcept nogil:
+    return (c == b',' or c == b'[' or c == b']' or c == b'{' or c == b'}' or c == b':'
+            or c == b"'" or c == b' ' or c == b'\t')
+
+
+cdef inline Py_ssize_t csv_ws(const unsigned char* s, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    while pos < n and (s[pos] == b' ' or s[pos] == b'\t'):
+        pos += 1
+    return pos
+
+
+cdef Py_ssize_t csv_quoted_end(const unsigned char* s, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    # The end (after the closing quote) of the quoted string at pos, or -1.
+    cdef unsigned char c
+    pos += 1
+    while True:
+        if pos >= n:
+            return -1
+        c = s[pos]
+        if c == b"'":
+            if pos + 1 < n and s[pos + 1] == b"'":
+                pos += 2
+                continue
+            return pos + 1
+        if c == b'\\':
+            if pos + 1 >= n:
+                return -1
+            if s[pos + 1] == b'x':
+                if pos + 4 > n or hex_digit(s[pos + 2]) > 15 or hex_digit(s[pos + 3]) > 15:
+                    return -1
+                pos += 4
+                continue
+            pos += 2
+            continue
+        pos += 1
+
+
+cdef int csv_unquote(Buf* out, const unsigned char* s, Py_ssize_t pos, Py_ssize_t stop) noexcept nogil:
+    # The content of the valid quoted string s[pos:stop], unescaped, appended to out.
+    cdef unsigned char c
+    if buf_reserve(out, stop - pos) < 0:
+        return -1
+    pos += 1
+    stop -= 1
+    while pos < stop:
+        c = s[pos]
+        if c == b"'":  # a doubled quote
+            pos += 1
+        elif c == b'\\':
+            c = s[pos + 1]
+            pos += 1
+            if c == b'x':
+                c = <unsigned char>((hex_digit(s[pos + 1]) << 4) | hex_digit(s[pos + 2]))
+                pos += 2
+            elif c == b'b':
+                c = 8
+            elif c == b'f':
+                c = 12
+            elif c == b'n':
+                c = 10
+            elif c == b'r':
+                c = 13
+            elif c == b't':
+                c = 9
+            elif c == b'0':
+                c = 0
+            elif c == b'a':
+                c = 7
+            elif c == b'v':
+                c = 11
+        out.ptr[out.len] = <char>c
+        out.len += 1
+        pos += 1
+    return 0
+
+
+cdef Py_ssize_t csv_value_end(const unsigned char* s, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    # The end of the value at pos in a valid literal.
+    cdef Py_ssize_t depth = 0
+    cdef unsigned char c = s[pos]
+    if c == b"'":
+        return csv_quoted_end(s, pos, n)
+    if c == b'[' or c == b'{':
+        while True:
+            c = s[pos]
+            if c == b"'":
+                pos = csv_quoted_end(s, pos, n)
+                continue
+            if c == b'[' or c == b'{':
+                depth += 1
+            elif c == b']' or c == b'}':
+                depth -= 1
+                if depth == 0:
+                    return pos + 1
+            pos += 1
+    while pos < n and not csv_sep(s[pos]):
+        pos += 1
+    return pos
+
+
+cdef bint csv_literal_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # One list or map literal (or a single string / bare token), nesting <= MAX_DEPTH.
+    cdef unsigned char closes[MAX_DEPTH + 1]   # per open container: ']' or '}'
+    cdef bint key_next[MAX_DEPTH + 1]          # maps: the next value is a key
+    cdef int depth = 0
+    cdef bint want_value = True                # else: after a value
+    cdef bint may_close = False                # right after an opening bracket
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t start
+    cdef unsigned char c
+    while True:
+        pos = csv_ws(s, pos, n)
+        if pos >= n:
+            return False
+        c = s[pos]
+        if want_value:
+            if may_close and c == closes[depth - 1]:
+                pass  # closed below
+            elif c == b'[' or c == b'{':
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return False
+                closes[depth - 1] = b']' if c == b'[' else b'}'
+                key_next[depth - 1] = c == b'{'
+                pos += 1
+                may_close = True
+                continue
+            elif c == b"'":
+                pos = csv_quoted_end(s, pos, n)
+                if pos < 0:
+                    return False
+                pos -= 1  # the value ends after the byte at pos
+            else:
+                start = pos
+                while pos < n and not csv_sep(s[pos]):
+                    pos += 1
+                if pos == start:
+                    return False
+                pos -= 1
+        elif depth == 0:
+            return False
+        elif closes[depth - 1] == b'}' and key_next[depth - 1]:
+            # a key was read: a colon and its value follow
+            if c != b':':
+                return False
+            key_next[depth - 1] = False
+            pos += 1
+            want_value = True
+            may_close = False
+            continue
+        elif c == b',':
+            if closes[depth - 1] == b'}':
+                key_next[depth - 1] = True
+            pos += 1
+            want_value = True
+            may_close = False
+            continue
+        elif c != closes[depth - 1]:
+            return False
+        # a value ended at pos (a closing bracket, or the last byte of a string or token)
+        if depth and c == closes[depth - 1] and (not want_value or may_close):
+            depth -= 1
+        pos += 1
+        want_value = False
+        may_close = False
+        if depth == 0:
+            return csv_ws(s, pos, n) == n
+
+
 cdef void memset_column(Column* col) noexcept nogil:
     memset(col, 0, sizeof(Column))
 
@@ -678,6 +1015,44 @@ def encode_strings(offsets, data):
     finally:
         buf_free(&out)
     return result
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def strings_end(data, Py_ssize_t count):
+    """Where ``count`` Native String values (varint length + bytes) at the start of
+    ``data`` end: how Map keys are split from the values when blocks are merged."""
+    cdef const unsigned char[::1] view = data
+    cdef Py_ssize_t n = view.shape[0]
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t i
+    cdef uint64_t length
+    cdef int shift
+    cdef bint bad = False
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    if count == 0:
+        return 0
+    with nogil:
+        for i in range(count):
+            length = 0
+            shift = 0
+            while True:
+                if pos >= n or shift > 63:
+                    bad = True
+                    break
+                length |= <uint64_t>(view[pos] & 0x7F) << shift
+                shift += 7
+                pos += 1
+                if view[pos - 1] < 0x80:
+                    break
+            if bad or length > <uint64_t>(n - pos):
+                bad = True
+                break
+            pos += <Py_ssize_t>length
+    if bad:
+        raise ValueError(f"data does not hold {count} strings")
+    return pos
 
 
 @cython.boundscheck(False)

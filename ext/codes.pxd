@@ -60,3 +60,4 @@ cdef enum ValueKind:
     KIND_TEXT = 2           # JSON number/true/false, or a CSV field: bytes as they are
     KIND_JSON_STRING = 3    # JSON string content, still escaped if `escaped`
     KIND_NESTED = 4         # JSON object or array, raw text (compacted when stored)
+    KIND_CSV_TEXT = 5       # a CSV field for an Array/Map column: its literal's text

@@ -35,7 +35,11 @@ cdef struct Column:
     # Array(T) / Array(Array(T)): values, offsets and nulls above hold the elements.
     int depth           # 1 or 2 for an Array column; 0 otherwise
     Buf ends[2]         # per level, UInt64 array end offsets (ends[0]: one per row)
-    Py_ssize_t marks[5] # values, offsets, nulls, ends[0], ends[1] lengths at the row's start
+    # Map(String, V): depth 1, values/offsets/nulls hold the values, keys the keys as
+    # a Native String payload (varint length + bytes each).
+    bint is_map
+    Buf keys
+    Py_ssize_t marks[6] # values, offsets, nulls, ends[0], ends[1], keys lengths at the row's start
 
 
 cdef struct EnumEntry:
@@ -98,6 +102,7 @@ cdef inline void col_mark_row(Column* col) noexcept nogil:
     col.marks[2] = col.nulls.len
     col.marks[3] = col.ends[0].len
     col.marks[4] = col.ends[1].len
+    col.marks[5] = col.keys.len
 
 
 cdef inline Py_ssize_t col_children(Column* col, int level) noexcept nogil:
@@ -109,6 +114,23 @@ cdef inline Py_ssize_t col_children(Column* col, int level) noexcept nogil:
     if col.width == 0:
         return col.offsets.len // 8 - 1
     return col.values.len // col.width
+
+
+cdef int col_append_key(Column* col, const char* key, Py_ssize_t n) noexcept nogil:
+    # Map columns: one key, as varint length + bytes.
+    cdef uint64_t v = <uint64_t>n
+    if buf_reserve(&col.keys, n + 10) < 0:
+        return ERR_NO_MEMORY
+    while v >= 0x80:
+        col.keys.ptr[col.keys.len] = <char>((v & 0x7F) | 0x80)
+        col.keys.len += 1
+        v >>= 7
+    col.keys.ptr[col.keys.len] = <char>v
+    col.keys.len += 1
+    if n:
+        memcpy(col.keys.ptr + col.keys.len, key, <size_t>n)
+        col.keys.len += n
+    return ERR_NONE
 
 
 cdef inline int col_end_array(Column* col, int level) noexcept nogil:
@@ -126,6 +148,7 @@ cdef void col_undo_row(Column* col) noexcept nogil:
         col.nulls.len = col.marks[2]
         col.ends[0].len = col.marks[3]
         col.ends[1].len = col.marks[4]
+        col.keys.len = col.marks[5]
         return
     if col.width:
         col.values.len -= col.width

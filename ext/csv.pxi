@@ -39,10 +39,6 @@ cdef class CSVParser(_ParserCore):
                  escapechar=None, header=None):
         super().__init__(columns, max_row_bytes=max_row_bytes)
         cdef int i
-        for spec in self._specs:
-            if spec.array_depth:
-                raise SchemaError(f"column '{spec.name}': {spec.ch_type} is not supported "
-                                  "for CSV ingestion (NDJSON only)")
         if len(delimiter) != 1 or delimiter in b'"\r\n':
             raise ValueError("delimiter must be one byte other than a quote or newline")
         if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):
@@ -286,10 +282,14 @@ cdef class CSVParser(_ParserCore):
             # \N is NULL (an error for non-Nullable).
             if not field.quoted and (field.len == 0 or (field.len == 2 and slot.ptr[0] == b'\\'
                                                         and slot.ptr[1] == b'N')):
-                if col.nullable:
+                if col.depth:
+                    slot.kind = KIND_NULL  # Array / Map: empty
+                elif col.nullable:
                     slot.kind = KIND_NULL
                 elif field.len == 2:
                     slot.kind = KIND_NULL  # _store reports the NULL error with the text
                 elif col.has_default:
                     slot.kind = KIND_MISSING
+            elif col.depth:
+                slot.kind = KIND_CSV_TEXT
         return self._store_all(row, n)

@@ -125,12 +125,10 @@ def test_array_jsonpaths() -> None:
 
 
 def test_array_column_refusals(parser_module: ModuleType) -> None:
-    # No literal DEFAULT for an Array column; CSV does not read arrays (NDJSON only).
+    # No literal DEFAULT for an Array column.
     spec = ColumnSpec.build("v", "Array(Int8)", "$.v", "DEFAULT", "1")
     with pytest.raises(SchemaError, match="DEFAULT 1 of column 'v'"):
         parser_module.NDJSONParser([spec])
-    with pytest.raises(SchemaError, match="not supported for CSV"):
-        parser_module.CSVParser([col("Array(String)")])
     # An expression DEFAULT (not a literal) is left to ClickHouse: missing is [].
     parser_module.NDJSONParser([ColumnSpec.build("v", "Array(Int8)", "$.v", "DEFAULT", "[1]")])
 

@@ -7,8 +7,8 @@ docstring for the value policy) and the encoders in :mod:`tinyingest.native`.
 
 What crosses the boundary (style guide 2.2): one buffer in per ``feed()`` call; out,
 per :class:`~tinyingest.block.Block`, columnar buffers (values, int64 string offsets,
-one-byte null maps, little-endian; an Array column as its Native payload: UInt64 row
-end offsets in ``offsets``, the nested payload in ``values``) and the bad rows as
+one-byte null maps, little-endian; an Array or Map column as its Native payload: UInt64
+row end offsets in ``offsets``, the nested payload in ``values``) and the bad rows as
 :class:`~tinyingest.block.RowError`. Nothing is created per good row. Bad rows never
 raise: only ``MemoryError`` does, and ``SchemaError`` / ``ValueError`` at construction.
 """
@@ -25,7 +25,7 @@ class NDJSONParser:
 
     Each column reads ``spec.path`` from every row object (``()`` is the whole row,
     stored as compact JSON; an int step is an array element). Array columns take a JSON
-    array (null or missing: the empty array). Rows are validated as whole JSON (RFC
+    array, Map(String, V) columns a JSON object (null or missing: empty). Rows are validated as whole JSON (RFC
     8259, UTF-8, depth <= 64); a bad row is quarantined whole as a
     :class:`~tinyingest.block.RowError`.
     """
@@ -63,7 +63,8 @@ class CSVParser:
     Records end at a newline outside quotes (LF or CRLF); fields map to columns by
     position, or by name when the first record is a header (see ``header``). An empty
     unquoted field is NULL (Nullable), the literal DEFAULT, or the empty text; an
-    unquoted ``\\N`` is NULL.
+    unquoted ``\\N`` is NULL. Array and Map columns read ClickHouse's literals
+    (``[1,2]``, ``['a','b\\'c']``, ``{'k':1}``; empty or ``\\N``: empty).
     """
 
     def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int = ...,
@@ -78,8 +79,8 @@ class CSVParser:
             column; ``True``: it is a header in any case (fields map by position when
             it does not name every column); ``False``: there is no header.
         :raises ValueError: a bad delimiter or escapechar.
-        :raises SchemaError: a literal DEFAULT that is not a value of its type, or an
-            Array column (CSV does not read arrays yet).
+        :raises SchemaError: a literal DEFAULT that is not a value of its type (an
+            Array or Map column takes none).
         """
     @property
     def columns(self) -> list[ColumnSpec]:
@@ -98,6 +99,13 @@ def encode_strings(offsets: _Buffer, data: _Buffer) -> bytes:
     column's int64 ``offsets`` (``num_rows + 1``, starting at 0) and ``data``.
 
     :raises ValueError: the offsets do not match ``data``.
+    """
+
+def strings_end(data: _Buffer, count: int) -> int:
+    """Where ``count`` Native String values (varint length + bytes) at the start of
+    ``data`` end. Same result as :func:`tinyingest.native.strings_end_py`.
+
+    :raises ValueError: ``data`` does not hold ``count`` strings, or ``count`` < 0.
     """
 
 def shift_offsets(offsets: _Buffer, base: int) -> bytes:

@@ -30,15 +30,33 @@ Policy (both formats, both implementations):
   must be zeros and at most P digits may remain (else ``OUT_OF_RANGE``: never rounded);
   ``IPv6`` RFC 4291 text with at most one ``::`` and an optional dotted-quad tail, or a
   plain IPv4 address stored IPv4-mapped (16 bytes, network order).
-* ``Array(T)`` / ``Array(Array(T))`` (NDJSON only; the CSV parsers refuse such columns
-  with ``SchemaError``): the value must be a JSON array (of arrays); JSON ``null`` or a
-  missing value is the empty array, at any level (no DEFAULT is taken). Each element is
-  read as a value of T by the rules above (a ``null`` element: NULL for ``Nullable(T)``,
-  else ``NULL``); any other value where an array is expected is ``BAD_VALUE``. A bad
-  element quarantines the row, naming the column, with the element's text as the value.
-  The column's block data is Native-ready: ``offsets`` the UInt64 end offset of each
-  row, ``values`` the nested payload (inner end offsets; the elements' null map; the
-  elements, Strings as varint length + bytes).
+* ``Array(T)`` / ``Array(Array(T))``: in NDJSON the value must be a JSON array (of
+  arrays); JSON ``null`` or a missing value is the empty array, at any level (no DEFAULT
+  is taken). Each element is read as a value of T by the rules above (a ``null``
+  element: NULL for ``Nullable(T)``, else ``NULL``); any other value where an array is
+  expected is ``BAD_VALUE``. A bad element quarantines the row, naming the column, with
+  the element's text as the value. The column's block data is Native-ready: ``offsets``
+  the UInt64 end offset of each row, ``values`` the nested payload (inner end offsets;
+  the elements' null map; the elements, Strings as varint length + bytes).
+* ``Array`` in CSV: the field's text (after CSV unquoting: ``"['a','b']"`` is the usual
+  form, as arrays hold commas; unquoted works when no delimiter occurs) is an array as
+  ClickHouse writes it: ``[1,2,3]``, ``['a','b\\'c']``, ``[]``, ``[[1],[2,3]]``. Elements
+  are single-quoted strings (backslash escapes ``\\b \\f \\n \\r \\t \\0 \\a \\v``,
+  ``\\xHH``, any other byte after a backslash is itself; ``''`` is a quote) or bare
+  tokens (no ``, [ ] { } : '``, space or tab; ``NULL`` is a null element, or the empty
+  array at an inner level); spaces and tabs may surround items. Either is read as
+  text of T by the rules above. An empty unquoted field or ``\\N`` is the empty array.
+  Text that is not such an array (nesting over 64 included) is ``BAD_VALUE`` with the
+  whole field as the value; else the first bad element quarantines the row as in NDJSON
+  (a nested array where T is expected: ``BAD_VALUE``, its text as written).
+* ``Map(String, V)`` (V a scalar type above, or ``Nullable``): in NDJSON a JSON object,
+  its members the entries in the order written (duplicate keys kept, as ClickHouse
+  keeps them); ``null`` or missing is the empty map; any other value is ``BAD_VALUE``;
+  each member value is read as V like an array element (a bad one quarantines the row).
+  In CSV, ClickHouse's form ``{'a':1,'b':2}`` with the array rules above (keys are
+  String elements: not ``NULL``, valid UTF-8). Block data: ``offsets`` the UInt64 row
+  end offsets, ``values`` the keys (Native String payload) then the values' payload:
+  Native ``Array(Tuple(String, V))``, which is how ClickHouse serializes a Map.
 * Paths: ``$.a[:]`` is ``$.a`` (Array columns only); ``$.a[N]`` reads element N of a
   JSON array like a key reads an object member (absent when ``a`` is not an array or is
   shorter: the missing-value rule applies).
@@ -60,8 +78,8 @@ from tinyingest.schema import FIXED_WIDTH, ColumnSpec, SchemaError, TypeCode
 _WS = b" \t\r\n"
 _DIGITS = b"0123456789"
 
-# Value kinds found for a column in one row.
-_MISSING, _NULL, _TEXT, _JSON_STRING, _NESTED = range(5)
+# Value kinds found for a column in one row (_CSV_TEXT: a CSV field for an Array/Map).
+_MISSING, _NULL, _TEXT, _JSON_STRING, _NESTED, _CSV_TEXT = range(6)
 
 _INT_RANGES: dict[TypeCode, tuple[int, int, str]] = {
     TypeCode.INT8: (-(1 << 7), (1 << 7) - 1, "<b"),
@@ -457,7 +475,7 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
 
 class _Column:
     __slots__ = ("spec", "code", "width", "zero", "nullable", "values", "offsets", "nulls",
-                 "default", "depth", "ends")
+                 "default", "depth", "ends", "is_map", "keys")
 
     def __init__(self, spec: ColumnSpec) -> None:
         self.spec = spec
@@ -470,6 +488,10 @@ class _Column:
         # end offsets of the arrays at that level (ends[0]: one per row).
         self.depth = spec.array_depth
         self.ends = [array("Q") for _ in range(self.depth)]
+        # Map(String, V) columns: like Array(V), plus the keys, Native-ready (varint
+        # length + bytes each).
+        self.is_map = spec.is_map
+        self.keys = bytearray()
         self.values = bytearray()
         self.offsets = array("q", [0])
         self.nulls = bytearray()
@@ -502,34 +524,44 @@ class _Column:
             return len(self.nulls)
         return len(self.offsets) - 1 if self.width == 0 else len(self.values) // self.width
 
+    def append_key(self, key: bytes) -> None:
+        length = len(key)
+        while length >= 0x80:
+            self.keys.append((length & 0x7F) | 0x80)
+            length >>= 7
+        self.keys.append(length)
+        self.keys += key
+
     def end_array(self, level: int) -> None:
         self.ends[level].append(self.children(level + 1))
 
     def mark(self) -> tuple[int, ...]:
-        return (len(self.values), len(self.offsets), len(self.nulls),
+        return (len(self.values), len(self.offsets), len(self.nulls), len(self.keys),
                 *(len(ends) for ends in self.ends))
 
     def rollback(self, mark: tuple[int, ...]) -> None:
         del self.values[mark[0] :]
         del self.offsets[mark[1] :]
         del self.nulls[mark[2] :]
-        for ends, length in zip(self.ends, mark[3:]):
+        del self.keys[mark[3] :]
+        for ends, length in zip(self.ends, mark[4:]):
             del ends[length:]
 
     def take(self) -> ColumnData:
         if self.depth:
             # Native Array layout: the row end offsets here, then the nested payload:
-            # inner end offsets, the elements' null map, the elements.
+            # inner end offsets (Map: the keys), the elements' null map, the elements.
             from tinyingest.native import encode_strings_py
 
             elements = encode_strings_py(self.offsets.tobytes(), bytes(self.values)) \
                 if self.code is TypeCode.STRING else bytes(self.values)
             data = ColumnData(
-                values=b"".join(ends.tobytes() for ends in self.ends[1:]) + bytes(self.nulls)
-                + elements,
+                values=b"".join(ends.tobytes() for ends in self.ends[1:]) + bytes(self.keys)
+                + bytes(self.nulls) + elements,
                 offsets=self.ends[0].tobytes(),
             )
             self.ends = [array("Q") for _ in range(self.depth)]
+            self.keys = bytearray()
         else:
             data = ColumnData(
                 values=bytes(self.values),
@@ -624,7 +656,12 @@ class _ParserBase:
         """Convert one found value into column ``index`` or raise _BadRow."""
         column = self._columns[index]
         if column.depth:
-            self._store_array(index, kind, text, 0)
+            if kind == _CSV_TEXT:
+                self._store_csv(index, text)
+            elif column.is_map:
+                self._store_map(index, kind, text)
+            else:
+                self._store_array(index, kind, text, 0)
             return
         if kind == _MISSING:
             if column.default is not None:
@@ -634,12 +671,13 @@ class _ParserBase:
             return
         self._store_element(index, kind, text)
 
-    def _store_element(self, index: int, kind: int, text: bytes) -> None:
+    def _store_element(self, index: int, kind: int, text: bytes,
+                       null_text: bytes = b"null") -> None:
         """One value (a row's, or an array element) into column ``index``."""
         column = self._columns[index]
         if kind == _NULL:
             if not column.nullable:
-                raise _BadRow(ErrorCode.NULL, index, b"null")
+                raise _BadRow(ErrorCode.NULL, index, null_text)
             column.append_zero(True)
             return
         if kind == _NESTED and column.code is not TypeCode.STRING:
@@ -662,6 +700,196 @@ class _ParserBase:
         elif kind != _NULL and kind != _MISSING:
             raise _BadRow(ErrorCode.BAD_VALUE, index, text)
         column.end_array(level)
+
+    def _store_map(self, index: int, kind: int, text: bytes) -> None:
+        """A JSON object (compact text) into Map column ``index``; null or missing is
+        the empty map, any other value is not a map."""
+        column = self._columns[index]
+        if kind == _NESTED and text[:1] == b"{":
+            for key, item_kind, item in _json_members(text):
+                column.append_key(key)
+                self._store_element(index, item_kind, item)
+        elif kind != _NULL and kind != _MISSING:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        column.end_array(0)
+
+    def _store_csv(self, index: int, text: bytes) -> None:
+        """A CSV field's Array or Map literal into column ``index``."""
+        column = self._columns[index]
+        try:
+            node = _csv_literal(text)
+        except _ConvertError:
+            node = None
+        if node is None or node[0] != (_CSV_MAP if column.is_map else _CSV_LIST):
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        if column.is_map:
+            for key, value in node[1] or ():
+                assert isinstance(key, tuple) and isinstance(value, tuple)
+                column.append_key(self._csv_key(index, key))
+                self._store_csv_element(index, value)
+            column.end_array(0)
+        else:
+            self._store_csv_array(index, node, 0)
+
+    def _store_csv_array(self, index: int, node: _CsvNode, level: int) -> None:
+        column = self._columns[index]
+        for item in node[1] or ():
+            assert isinstance(item, tuple) and len(item) == 3
+            if level + 1 < column.depth:
+                if item[0] == _CSV_LIST:
+                    self._store_csv_array(index, item, level + 1)
+                elif item[0] == _CSV_BARE and item[2] == b"NULL":
+                    column.end_array(level + 1)
+                else:
+                    raise _BadRow(ErrorCode.BAD_VALUE, index, item[2])
+            else:
+                self._store_csv_element(index, item)
+        column.end_array(level)
+
+    def _store_csv_element(self, index: int, node: _CsvNode) -> None:
+        kind, _, text = node
+        if kind == _CSV_LIST or kind == _CSV_MAP:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        if kind == _CSV_BARE and text == b"NULL":
+            self._store_element(index, _NULL, text, text)
+        else:
+            self._store_element(index, _TEXT, text)
+
+    def _csv_key(self, index: int, node: _CsvNode) -> bytes:
+        """A CSV Map key: a String element that is not NULL."""
+        kind, _, text = node
+        if kind == _CSV_LIST or kind == _CSV_MAP:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        if kind == _CSV_BARE and text == b"NULL":
+            raise _BadRow(ErrorCode.NULL, index, text)
+        try:
+            _check_utf8(text)
+        except _ConvertError as exc:
+            raise _BadRow(exc.code, index, text) from None
+        return text
+
+
+def _json_members(text: bytes) -> list[tuple[bytes, int, bytes]]:
+    """The members of a valid, compact JSON object: (key, kind, text), the key
+    unescaped, the value as :func:`_json_items` gives an element."""
+    members: list[tuple[bytes, int, bytes]] = []
+    scanner = _JSONScanner(text, [])
+    pos = 1
+    if text[pos : pos + 1] == b"}":
+        return members
+    while True:
+        pos, key = scanner.string(pos, -1)
+        pos += 1  # the colon
+        first = text[pos]
+        if first == 0x22:  # '"'
+            end, value = scanner.string(pos, -1)
+            members.append((key, _JSON_STRING, value))
+        else:
+            end = scanner.value(pos, 1, None)
+            kind = _NESTED if first in b"{[" else _NULL if first == 0x6E else _TEXT  # 'n'
+            members.append((key, kind, text[pos:end]))
+        if text[end : end + 1] == b"}":
+            return members
+        pos = end + 1  # the comma
+
+
+# --- CSV Array and Map literals ------------------------------------------------------
+
+# A parsed literal: (kind, children, text). Lists: children the items; maps: children
+# (key, value) pairs; both: text as written. Strings: their unescaped content; bare
+# tokens: as written (children None).
+_CsvNode = tuple[int, Any, bytes]
+_CSV_LIST, _CSV_MAP, _CSV_STRING, _CSV_BARE = range(4)
+_CSV_WS = b" \t"
+_CSV_SEPARATORS = b",[]{}:' \t"
+_CSV_ESCAPES = {ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13, ord("t"): 9,
+                ord("0"): 0, ord("a"): 7, ord("v"): 11}
+
+
+def _csv_ws(text: bytes, pos: int) -> int:
+    while pos < len(text) and text[pos] in _CSV_WS:
+        pos += 1
+    return pos
+
+
+def _csv_literal(text: bytes) -> _CsvNode:
+    """A whole CSV field as one literal; raises _ConvertError(BAD_VALUE) if it is not."""
+    node, pos = _csv_value(text, _csv_ws(text, 0), 1)
+    if _csv_ws(text, pos) != len(text):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    return node
+
+
+def _csv_value(text: bytes, pos: int, depth: int) -> tuple[_CsvNode, int]:
+    if pos >= len(text):
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    first = text[pos]
+    if first == 0x5B or first == 0x7B:  # '[' '{'
+        if depth > MAX_DEPTH:
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        is_map = first == 0x7B
+        close = 0x7D if is_map else 0x5D
+        start = pos
+        children: list[Any] = []
+        pos = _csv_ws(text, pos + 1)
+        if pos < len(text) and text[pos] == close:
+            return (_CSV_MAP if is_map else _CSV_LIST, children, text[start : pos + 1]), pos + 1
+        while True:
+            item, pos = _csv_value(text, pos, depth + 1)
+            if is_map:
+                pos = _csv_ws(text, pos)
+                if text[pos : pos + 1] != b":":
+                    raise _ConvertError(ErrorCode.BAD_VALUE)
+                value, pos = _csv_value(text, _csv_ws(text, pos + 1), depth + 1)
+                children.append((item, value))
+            else:
+                children.append(item)
+            pos = _csv_ws(text, pos)
+            if pos < len(text) and text[pos] == close:
+                return (_CSV_MAP if is_map else _CSV_LIST, children,
+                        text[start : pos + 1]), pos + 1
+            if text[pos : pos + 1] != b",":
+                raise _ConvertError(ErrorCode.BAD_VALUE)
+            pos = _csv_ws(text, pos + 1)
+    if first == 0x27:  # "'"
+        return _csv_quoted(text, pos)
+    end = pos
+    while end < len(text) and text[end] not in _CSV_SEPARATORS:
+        end += 1
+    if end == pos:
+        raise _ConvertError(ErrorCode.BAD_VALUE)
+    return (_CSV_BARE, None, text[pos:end]), end
+
+
+def _csv_quoted(text: bytes, pos: int) -> tuple[_CsvNode, int]:
+    out = bytearray()
+    pos += 1
+    while True:
+        if pos >= len(text):
+            raise _ConvertError(ErrorCode.BAD_VALUE)
+        byte = text[pos]
+        if byte == 0x27:
+            if text[pos + 1 : pos + 2] == b"'":
+                out.append(0x27)
+                pos += 2
+                continue
+            return (_CSV_STRING, None, bytes(out)), pos + 1
+        if byte == 0x5C:  # backslash
+            if pos + 1 >= len(text):
+                raise _ConvertError(ErrorCode.BAD_VALUE)
+            escape = text[pos + 1]
+            if escape == 0x78:  # 'x'
+                digits = text[pos + 2 : pos + 4]
+                if len(digits) != 2 or digits.strip(_HEX):
+                    raise _ConvertError(ErrorCode.BAD_VALUE)
+                out.append(int(digits, 16))
+                pos += 4
+                continue
+            out.append(_CSV_ESCAPES.get(escape, escape))
+            pos += 2
+            continue
+        out.append(byte)
+        pos += 1
 
 
 def _json_items(text: bytes) -> list[tuple[int, bytes]]:
@@ -997,10 +1225,6 @@ class CSVParser(_ParserBase):
                  delimiter: bytes = b",", escapechar: bytes | None = None,
                  header: bool | None = None) -> None:
         super().__init__(columns, max_row_bytes=max_row_bytes)
-        for spec in columns:
-            if spec.array_depth:
-                raise SchemaError(f"column '{spec.name}': {spec.ch_type} is not supported "
-                                  "for CSV ingestion (NDJSON only)")
         if len(delimiter) != 1 or delimiter in b'"\r\n':
             raise ValueError("delimiter must be one byte other than a quote or newline")
         if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):
@@ -1092,8 +1316,13 @@ class CSVParser(_ParserBase):
                           f"expected {self._num_fields}, got {len(fields)}".encode())
         for index, field_index in enumerate(self._mapping):
             text, quoted = fields[field_index]
+            column = self._columns[index]
+            if column.depth:
+                # Array / Map: empty or \\N (unquoted) is empty, else a literal.
+                empty = not quoted and (text == b"" or text == b"\\N")
+                self._store(index, _NULL if empty else _CSV_TEXT, text)
+                continue
             if not quoted and (text == b"" or text == b"\\N"):
-                column = self._columns[index]
                 if column.nullable:
                     self._store(index, _NULL, b"")
                     continue

@@ -24,6 +24,10 @@ column name and type):
   hold an Array column Native-ready: ``offsets`` the row end offsets, ``values`` the
   nested payload; :func:`merge_blocks` rebases the offsets of later blocks
   (:func:`shift_offsets`);
+* ``Map(String, V)``: as ``Array(Tuple(String, V))``, which is how ClickHouse serializes
+  it: ``num_rows`` UInt64 cumulative end offsets, the keys' ``String`` payload, then
+  V's payload for all values. :func:`merge_blocks` finds where a block's keys end with
+  :func:`strings_end`;
 * ``LowCardinality(String)`` / ``LowCardinality(Nullable(String))``: the table's own
   type, in LowCardinality's Native serialization (one dictionary per block, see
   :func:`encode_low_cardinality_py`). Sending plain ``String`` instead is accepted by
@@ -66,6 +70,8 @@ __all__ = [
     "merge_blocks",
     "shift_offsets",
     "shift_offsets_py",
+    "strings_end",
+    "strings_end_py",
     "decode_rows",
 ]
 
@@ -154,6 +160,38 @@ try:
     from tinyingest._native import shift_offsets  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     shift_offsets = shift_offsets_py
+
+
+def strings_end_py(data: bytes, count: int) -> int:
+    """Where ``count`` Native String values at the start of ``data`` end; the
+    pure-Python reference.
+
+    >>> strings_end_py(b"\\x02ab\\x00\\x01cz", 3)
+    6
+    """
+    pos = 0
+    for _ in range(count):
+        length = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ValueError(f"data does not hold {count} strings")
+            byte = data[pos]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            pos += 1
+            if byte < 0x80:
+                break
+        if length > len(data) - pos:
+            raise ValueError(f"data does not hold {count} strings")
+        pos += length
+    return pos
+
+
+strings_end: Callable[[bytes, int], int]
+try:
+    from tinyingest._native import strings_end  # type: ignore[no-redef,import-not-found,unused-ignore]
+except ImportError:  # no compiled extension: the reference implementation
+    strings_end = strings_end_py
 
 
 # LowCardinality serialization constants (ClickHouse's SerializationLowCardinality).
@@ -405,7 +443,8 @@ def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) 
     precede all of its values, LowCardinality, whose 8-byte version prefix is
     written once: the blocks' dictionaries follow one another as granules, which
     ClickHouse reads in sequence, and Array, whose cumulative offsets continue from
-    the previous blocks' element counts (the nested payloads merge the same way).
+    the previous blocks' element counts (the nested payloads merge the same way;
+    a Map's keys, then its values).
     """
     if len(blocks) == 1:
         return blocks[0]
@@ -446,10 +485,17 @@ def _merge_arrays(spec: ColumnSpec, depth: int, parts: Sequence[tuple[int, bytes
         total += count
     if depth > 1:
         return b"".join(offsets) + _merge_arrays(spec, depth - 1, nested)
+    keys: list[bytes] = []
+    if spec.is_map:
+        # Tuple(String, V): each block's keys, then its values.
+        split = [(count, payload, strings_end(payload, count)) for count, payload in nested]
+        keys = [payload[:end] for _, payload, end in split]
+        nested = [(count, payload[end:]) for count, payload, end in split]
     if spec.nullable:
-        return b"".join(offsets) + b"".join(payload[:count] for count, payload in nested) \
+        return b"".join(offsets) + b"".join(keys) \
+            + b"".join(payload[:count] for count, payload in nested) \
             + b"".join(payload[count:] for count, payload in nested)
-    return b"".join(offsets) + b"".join(payload for _, payload in nested)
+    return b"".join(offsets) + b"".join(keys) + b"".join(payload for _, payload in nested)
 
 
 # -- decoding: Native column data -> Python rows (slow path) ---------------------------

@@ -24,6 +24,10 @@ Types beyond the numbers, String, Date and DateTime (the text each accepts is in
 *element* type, plus ``array_depth`` (1 or 2); an Array itself is never NULL. Their
 NDJSON path may end in ``[:]`` (``$.items[:]`` is the same as ``$.items``), and a path
 may index a JSON array: ``$.a[0]`` (the first element; see ``parse_jsonpath``).
+
+``Map(String, V)``, ``V`` any of those scalars (``Nullable`` too), is held like
+``Array(V)`` (``array_depth`` 1, the fields describe ``V``) plus ``is_map``: ClickHouse
+serializes it as ``Array(Tuple(String, V))``. ClickHouse 18.16 has no Map type.
 """
 
 from __future__ import annotations
@@ -154,10 +158,13 @@ class ParsedType:
     precision: int = 0  # Decimal(P, S): P
     #: Array(T): 1, Array(Array(T)): 2; the other fields describe the element type T.
     array_depth: int = 0
+    #: Map(String, V): array_depth 1, the other fields describe the value type V.
+    is_map: bool = False
 
 
 #: Deepest Array nesting the parsers fill.
 MAX_ARRAY_DEPTH = 2
+_MAP_KEY = re.compile(r"String\s*,\s*")
 
 _ENUM_ITEM = re.compile(r"\s*'((?:[^'\\]|\\.|'')*)'\s*=\s*([+-]?\d+)\s*(,|$)")
 _ENUM_RANGES = {TypeCode.ENUM8: (-(1 << 7), (1 << 7) - 1),
@@ -226,7 +233,19 @@ def parse_type(ch_type: str) -> ParsedType:
     low_cardinality = False
     nullable = False
     array_depth = 0
-    inner = _unwrap("Array", text)
+    is_map = False
+    inner = _unwrap("Map", text)
+    if inner is not None:
+        match = _MAP_KEY.match(inner)
+        if match is None:
+            raise SchemaError(f"type {ch_type}: only Map(String, V) is supported for ingestion")
+        value = inner[match.end() :]
+        if _unwrap("Array", value) is not None or _unwrap("Map", value) is not None:
+            raise SchemaError(f"type {ch_type}: Map values must be scalars")
+        is_map = True
+        array_depth = 1
+        text = value
+    inner = _unwrap("Array", text) if not is_map else None
     while inner is not None:
         array_depth += 1
         text = inner
@@ -284,9 +303,10 @@ def parse_type(ch_type: str) -> ParsedType:
     if low_cardinality and code is not TypeCode.STRING:
         raise SchemaError(f"type {ch_type}: LowCardinality is supported for String only")
     if low_cardinality and array_depth:
-        raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside an Array")
+        raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside "
+                          f"{'a Map' if is_map else 'an Array'}")
     return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
-                      scale, precision, array_depth)
+                      scale, precision, array_depth, is_map)
 
 
 _PATH_TOKEN = re.compile(r"\.([^.\[\]]+)|\[['\"]([^'\"]*)['\"]\]|\[(\d+)\]|(\[:\])")
@@ -362,6 +382,8 @@ class ColumnSpec:
     #: Array(T): 1, Array(Array(T)): 2; the fields above then describe the element T
     #: (``nullable``: the elements are Nullable).
     array_depth: int = 0
+    #: Map(String, V): ``array_depth`` is 1 and the fields above describe the value V.
+    is_map: bool = False
 
     @classmethod
     def build(
@@ -375,6 +397,9 @@ class ColumnSpec:
     ) -> ColumnSpec:
         parsed = parse_type(ch_type)
         path = parse_jsonpath(jsonpath) if jsonpath is not None else None
+        if jsonpath is not None and parsed.is_map and array_selectors(jsonpath):
+            raise SchemaError(f"jsonpath {jsonpath!r}: [:] needs an Array column, "
+                              f"not {parsed.ch_type}")
         if jsonpath is not None and array_selectors(jsonpath) > parsed.array_depth:
             raise SchemaError(f"jsonpath {jsonpath!r}: [:] needs an Array column, "
                               f"not {parsed.ch_type}")
@@ -395,6 +420,7 @@ class ColumnSpec:
             scale=parsed.scale,
             precision=parsed.precision,
             array_depth=parsed.array_depth,
+            is_map=parsed.is_map,
         )
 
     @property
