@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tinyingest import _pyparser
+from tinyingest.block import Block
 from tinyingest.schema import FIXED_WIDTH, ColumnSpec, TypeCode
 
 _native: ModuleType | None
@@ -105,6 +106,23 @@ def run(module: ModuleType, fmt: str, columns: Sequence[ColumnSpec], chunks: Ite
         tuple((c.values, c.offsets, c.nulls) for c in block.columns),
         tuple((e.line, e.column, e.code, e.value) for e in block.errors),
     )
+
+
+def run_nested(module: ModuleType, fmt: str, columns: Sequence[ColumnSpec],
+               chunks: Iterable[bytes], **options: Any) -> tuple[int, Block]:
+    """Feed ``chunks`` then finish; (rows ended, block), with the per-row UInt64 offsets of
+    Array and Map columns checked (those have no string offsets or null map)."""
+    parser = make_parser(module, fmt, columns, **options)
+    ended = sum(parser.feed(chunk) for chunk in chunks)
+    ended += parser.finish()
+    block: Block = parser.take_block()
+    for spec, data in zip(columns, block.columns):
+        if spec.array_depth:
+            assert data.offsets is not None and data.nulls is None
+            ends = list(array("Q", data.offsets))
+            assert len(ends) == block.num_rows and ends == sorted(ends)
+    assert ended == block.num_rows + len(block.errors)
+    return ended, block
 
 
 def splits(data: bytes) -> Iterator[tuple[str, list[bytes]]]:

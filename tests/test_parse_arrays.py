@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers import implementation, parser_module, splits
-from tinyingest.block import Block, ColumnData
+from parsers import implementation, parser_module, run_nested, splits
+from tinyingest.block import Block
 from tinyingest.errors import ErrorCode
 from tinyingest.native import (decode_rows, encode_block, merge_blocks, shift_offsets,
                                shift_offsets_py)
@@ -43,18 +43,7 @@ def col(ch_type: str, jsonpath: str = "$.v", name: str = "v") -> ColumnSpec:
 
 
 def run(module: ModuleType, columns: Sequence[ColumnSpec], chunks: Sequence[bytes]) -> Result:
-    """Feed ``chunks`` then finish; (rows ended, block), the Array buffers checked."""
-    parser = module.NDJSONParser(list(columns))
-    ended = sum(parser.feed(chunk) for chunk in chunks)
-    ended += parser.finish()
-    block: Block = parser.take_block()
-    for spec, data in zip(columns, block.columns):
-        if spec.array_depth:
-            assert data.offsets is not None and data.nulls is None
-            ends = list(array("Q", data.offsets))
-            assert len(ends) == block.num_rows and ends == sorted(ends)
-    assert ended == block.num_rows + len(block.errors)
-    return ended, block
+    return run_nested(module, "ndjson", columns, chunks)
 
 
 def parse(module: ModuleType, columns: Sequence[ColumnSpec], body: bytes) -> Result:

@@ -8,17 +8,15 @@ implementations; blocks are read back as Native data, merged with
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers import implementation, parser_module, splits
+from parsers import implementation, parser_module, run_nested, splits
 from tinyingest.block import Block
 from tinyingest.errors import MAX_ERROR_VALUE, ErrorCode
 from tinyingest.native import decode_rows, encode_block, merge_blocks
@@ -43,17 +41,7 @@ def col(ch_type: str, name: str = "v") -> ColumnSpec:
 
 def run(module: ModuleType, columns: Sequence[ColumnSpec], chunks: Sequence[bytes],
         **options: Any) -> Result:
-    parser = module.CSVParser(list(columns), **options)
-    ended = sum(parser.feed(chunk) for chunk in chunks)
-    ended += parser.finish()
-    block: Block = parser.take_block()
-    for spec, data in zip(columns, block.columns):
-        if spec.array_depth:
-            assert data.offsets is not None and data.nulls is None
-            ends = list(array("Q", data.offsets))
-            assert len(ends) == block.num_rows and ends == sorted(ends)
-    assert ended == block.num_rows + len(block.errors)
-    return ended, block
+    return run_nested(module, "csv", columns, chunks, **options)
 
 
 def parse(module: ModuleType, columns: Sequence[ColumnSpec], body: bytes, **options: Any) -> Result:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers import implementation, parser_module, splits
+from parsers import implementation, parser_module, run_nested, splits
 from tinyingest.block import Block
 from tinyingest.errors import ErrorCode
 from tinyingest.native import (decode_rows, encode_block, merge_blocks, strings_end,
@@ -40,18 +40,7 @@ def col(ch_type: str, name: str = "v", jsonpath: str | None = None) -> ColumnSpe
 
 def run(module: ModuleType, fmt: str, columns: Sequence[ColumnSpec], chunks: Sequence[bytes],
         **options: Any) -> tuple[int, Block]:
-    cls = module.NDJSONParser if fmt == "ndjson" else module.CSVParser
-    parser = cls(list(columns), **options)
-    ended = sum(parser.feed(chunk) for chunk in chunks)
-    ended += parser.finish()
-    block: Block = parser.take_block()
-    for spec, data in zip(columns, block.columns):
-        if spec.is_map:
-            assert data.offsets is not None and data.nulls is None
-            ends = list(array("Q", data.offsets))
-            assert len(ends) == block.num_rows and ends == sorted(ends)
-    assert ended == block.num_rows + len(block.errors)
-    return ended, block
+    return run_nested(module, fmt, columns, chunks, **options)
 
 
 def both(fmt: str, columns: Sequence[ColumnSpec], body: bytes, **options: Any) -> tuple[
