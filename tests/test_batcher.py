@@ -97,3 +97,33 @@ def test_refused_rows_fail_the_waiter_and_go_to_on_refused(sink: Sink) -> None:
 
     asyncio.run(main())
     assert [n for n, _ in refused] == [2] and "name" in refused[0][1]
+
+
+def test_refused_block_is_isolated_and_the_others_stored(sink: Sink) -> None:
+    # ClickHouse refuses any insert holding id 666 (a DEFAULT that throws): only the block
+    # with it must go to on_refused; the blocks of the other requests are stored.
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String), "
+                 "guard UInt8 DEFAULT throwIf(id = 666)) ENGINE = MergeTree ORDER BY id")
+    refused: list[int] = []
+
+    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> None:
+        refused.extend(block.num_rows for block in blocks)
+
+    async def main() -> list[BaseException | None]:
+        writer = Writer(sink)
+        batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(insert_attempts=1),
+                               on_refused=on_refused)
+        try:
+            futures = [batcher.add(rows(start, 4)) for start in (0, 10, 664, 20, 30)]
+            batcher.expedite()
+            done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+            return [r if isinstance(r, BaseException) else None for r in done]
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()
+
+    outcomes = asyncio.run(main())
+    assert [o is None for o in outcomes] == [True, True, False, True, True]
+    assert refused == [4]
+    assert count(sink) == 16
+    assert sink.query("SELECT count() FROM t WHERE id BETWEEN 664 AND 667").rows == [(0,)]

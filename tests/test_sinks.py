@@ -223,3 +223,14 @@ def test_clickhouse_connection_errors_raise_and_reconnect(
         pass  # either the driver's ping noticed and reconnected, or this call failed ...
     assert sink.query("SELECT 3").rows == [(3,)]  # ... and the next one reconnects
     sink.close()
+
+
+def test_insert_the_table_refuses_raises_and_stores_nothing(sink: Sink) -> None:
+    # A DEFAULT that throws for one value: the whole insert must fail loudly (chDB's
+    # streaming insert reported such inserts as written while storing nothing).
+    sink.execute("CREATE TABLE guarded (id UInt64, guard UInt8 DEFAULT throwIf(id = 666)) "
+                 "ENGINE = MergeTree ORDER BY id")
+    block = encode_rows_py(["id"], ["UInt64"], [(1,), (666,)])
+    with pytest.raises(SinkError):
+        sink.insert("guarded", block)
+    assert sink.query("SELECT count() FROM guarded").rows == [(0,)]

@@ -13,8 +13,9 @@ When an insert fails:
   queued and are retried with a backoff capped at ``max_backoff`` until ClickHouse is
   back: they are in the spool and were promised.
 * ClickHouse refuses the rows (schema drift, a value it will not take): after
-  ``insert_attempts`` tries the blocks go to ``on_refused`` (the quarantine, with
-  ClickHouse's message) and the waiting requests fail.
+  ``insert_attempts`` tries the batch is inserted in halves to isolate the refused
+  blocks (one request's block each); those go to ``on_refused`` (the quarantine, with
+  ClickHouse's message) and their waiting requests fail; the others are stored.
 
 All inserts go through one worker thread (:class:`Writer`): the sinks are blocking and
 not thread-safe, and clickhouse-driver and chDB release the GIL while they wait, so the
@@ -245,32 +246,57 @@ class TableBatcher:
     async def _deliver(self, batch: list[_Pending]) -> None:
         error = await self._insert([item.block for item in batch])
         if error is None:
-            self._backoff = 0.1
-            self._retry_at = 0.0
-            self._on_stored([item.record for item in batch if item.record is not None])
-            self._settle(batch, None)
-            return
-        if is_transient(error) and not self._closing:
-            # Keep the rows (they are spooled and were promised) and try again later.
-            self._settle(batch, error)
-            for item in batch:
-                item.waiter = None
-            self._pending[:0] = batch
-            self._pending_rows += sum(item.block.num_rows for item in batch)
-            self._pending_bytes += sum(item.block.nbytes for item in batch)
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, self._limits.max_backoff)
+            self._stored(batch)
             return
         if is_transient(error):
-            # Shutting down with ClickHouse away: the spool replays these at the next start.
-            self._settle(batch, error)
+            self._postpone(batch, error)
             return
         log.error("ClickHouse refused %d rows for %s: %s", sum(i.block.num_rows for i in batch),
                   self.table, error)
-        if self._on_refused is not None:
-            await self._on_refused([item.block for item in batch], error)
+        await self._isolate(batch, error)
+
+    def _stored(self, batch: list[_Pending]) -> None:
+        self._backoff = 0.1
+        self._retry_at = 0.0
         self._on_stored([item.record for item in batch if item.record is not None])
+        self._settle(batch, None)
+
+    def _postpone(self, batch: list[_Pending], error: SinkError) -> None:
+        """ClickHouse is away: fail the waiters, keep the rows (spooled and promised)."""
         self._settle(batch, error)
+        if self._closing:
+            return  # shutting down: the spool replays these at the next start
+        for item in batch:
+            item.waiter = None
+        self._pending[:0] = batch
+        self._pending_rows += sum(item.block.num_rows for item in batch)
+        self._pending_bytes += sum(item.block.nbytes for item in batch)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._limits.max_backoff)
+
+    async def _isolate(self, batch: list[_Pending], error: SinkError) -> None:
+        """ClickHouse refused a batch: insert it in halves to find the blocks it refuses,
+        so that one request's bad rows do not take the other requests' rows with them.
+        A refusal is deterministic, so each half is tried once."""
+        if len(batch) == 1 or not self._columns:
+            if self._on_refused is not None:
+                await self._on_refused([item.block for item in batch], error)
+            self._on_stored([item.record for item in batch if item.record is not None])
+            self._settle(batch, error)
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            blocks = [item.block for item in half]
+            try:
+                await self._writer.run(lambda: self._writer.sink.insert(
+                    self.table, merge_blocks(self._columns, blocks)))
+            except SinkError as exc:
+                if is_transient(exc):
+                    self._postpone(half, exc)
+                else:
+                    await self._isolate(half, exc)
+            else:
+                self._stored(half)
 
     @staticmethod
     def _settle(batch: list[_Pending], error: SinkError | None) -> None:
