@@ -91,10 +91,6 @@ cdef class _ParserCore:
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         cdef int i
-        cdef Column* col
-        cdef bytes default
-        cdef const unsigned char* text
-        cdef EnumEntry entry
         self._specs = list(columns)
         self._max_row_bytes = max_row_bytes
         self._ncols = len(self._specs)
@@ -107,55 +103,75 @@ cdef class _ParserCore:
         for i in range(self._ncols):
             memset_column(&self._cols[i])
         for i in range(self._ncols):
-            spec = self._specs[i]
-            col = &self._cols[i]
-            col.code = int(spec.type_code)
-            col.width = _pyparser.FIXED_WIDTH[spec.type_code]
-            col.nullable = spec.nullable
-            col.length = spec.length
-            col.scale = spec.scale
-            col.precision = spec.precision
-            col.depth = spec.array_depth
-            col.is_map = spec.is_map
-            if col.depth and spec.default_text is not None:
+            self._init_column(&self._cols[i], self._specs[i])
+
+    cdef _init_column(self, Column* col, spec):
+        # One column (or Tuple element) from its ColumnSpec: type, enum values, DEFAULT.
+        cdef bytes default
+        cdef const unsigned char* text
+        cdef EnumEntry entry
+        cdef int k
+        cdef int nelems = len(spec.tuple_elements)
+        col.code = int(spec.type_code)
+        col.width = _pyparser.FIXED_WIDTH[spec.type_code]
+        col.nullable = spec.nullable
+        col.length = spec.length
+        col.scale = spec.scale
+        col.precision = spec.precision
+        col.depth = spec.array_depth
+        col.is_map = spec.is_map
+        if nelems:
+            col.elems = <Column*>PyMem_RawMalloc(sizeof(Column) * nelems)
+            if col.elems == NULL:
+                raise MemoryError()
+            for k in range(nelems):
+                memset_column(&col.elems[k])
+            col.nelems = nelems
+            for k in range(nelems):
+                self._init_column(&col.elems[k], spec.tuple_elements[k])
+            # Named Tuples: the element names as enum entries (value: the element).
+            for k, name in enumerate(spec.tuple_names):
+                if name:
+                    raw = name.encode()
+                    entry.off = col.enum_names.len
+                    entry.len = len(raw)
+                    entry.value = k
+                    if buf_append(&col.enum_names, <const char*>raw, len(raw)) < 0 or \
+                            buf_append(&col.enum_entries, <const char*>&entry,
+                                       sizeof(EnumEntry)) < 0:
+                        raise MemoryError()
+                    col.enum_count += 1
+        if (col.depth or nelems) and spec.default_text is not None:
+            raise SchemaError(
+                f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}")
+        for name, value in spec.enum_values:
+            entry.off = col.enum_names.len
+            entry.len = len(name)
+            entry.value = value
+            if buf_append(&col.enum_names, <const char*>name, len(name)) < 0 or \
+                    buf_append(&col.enum_entries, <const char*>&entry, sizeof(EnumEntry)) < 0:
+                raise MemoryError()
+            col.enum_count += 1
+        if col_end_string_init(col) < 0:
+            raise MemoryError()
+        if spec.default_text is not None:
+            default = spec.default_text
+            text = default
+            if convert_text(col, text, len(default), True) != ERR_NONE:
                 raise SchemaError(
                     f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}")
-            for name, value in spec.enum_values:
-                entry.off = col.enum_names.len
-                entry.len = len(name)
-                entry.value = value
-                if buf_append(&col.enum_names, <const char*>name, len(name)) < 0 or \
-                        buf_append(&col.enum_entries, <const char*>&entry, sizeof(EnumEntry)) < 0:
-                    raise MemoryError()
-                col.enum_count += 1
-            if col_end_string_init(col) < 0:
-                raise MemoryError()
-            if spec.default_text is not None:
-                default = spec.default_text
-                text = default
-                if convert_text(col, text, len(default), True) != ERR_NONE:
-                    raise SchemaError(
-                        f"DEFAULT {spec.default_expr} of column '{spec.name}' is not {spec.ch_type}")
-                # Move the converted default out of the column into default_value.
-                buf_append(&col.default_value, col.values.ptr, col.values.len)
-                col.values.len = 0
-                col.offsets.len = 8 if col.width == 0 else 0
-                col.nulls.len = 0
-                col.has_default = True
+            # Move the converted default out of the column into default_value.
+            buf_append(&col.default_value, col.values.ptr, col.values.len)
+            col.values.len = 0
+            col.offsets.len = 8 if col.width == 0 else 0
+            col.nulls.len = 0
+            col.has_default = True
 
     def __dealloc__(self):
         cdef int i
         if self._cols != NULL:
             for i in range(self._ncols):
-                buf_free(&self._cols[i].values)
-                buf_free(&self._cols[i].offsets)
-                buf_free(&self._cols[i].nulls)
-                buf_free(&self._cols[i].default_value)
-                buf_free(&self._cols[i].enum_names)
-                buf_free(&self._cols[i].enum_entries)
-                buf_free(&self._cols[i].ends[0])
-                buf_free(&self._cols[i].ends[1])
-                buf_free(&self._cols[i].keys)
+                col_free(&self._cols[i])
             PyMem_Free(self._cols)
         PyMem_Free(self._slots)
         buf_free(&self._tail)
@@ -175,7 +191,9 @@ cdef class _ParserCore:
         columns = []
         for i in range(self._ncols):
             col = &self._cols[i]
-            if col.depth:
+            if col.nelems:
+                columns.append(ColumnData(self._tuple_payload(col), None, None))
+            elif col.depth:
                 columns.append(ColumnData(
                     self._array_payload(col),
                     PyBytes_FromStringAndSize(col.ends[0].ptr, col.ends[0].len),
@@ -234,6 +252,35 @@ cdef class _ParserCore:
                         out.len += col.values.len
             if rc < 0:
                 raise MemoryError()
+            return PyBytes_FromStringAndSize(out.ptr, out.len)
+        finally:
+            buf_free(&out)
+
+    cdef bytes _tuple_payload(self, Column* col):
+        # A Tuple column's Native payload: per element its null map, then its values
+        # (String: varint length + bytes each); the elements are reset.
+        cdef Buf out
+        cdef Column* elem
+        cdef Py_ssize_t count
+        cdef int k
+        cdef int rc = 0
+        memset(&out, 0, sizeof(Buf))
+        try:
+            for k in range(col.nelems):
+                elem = &col.elems[k]
+                count = col_children(elem, 0)
+                if buf_append(&out, elem.nulls.ptr, elem.nulls.len) < 0:
+                    raise MemoryError()
+                if elem.code == TYPE_STRING:
+                    rc = strings_native(<const int64_t*>elem.offsets.ptr, count,
+                                        <const unsigned char*>elem.values.ptr, &out)
+                else:
+                    rc = buf_append(&out, elem.values.ptr, elem.values.len)
+                if rc < 0:
+                    raise MemoryError()
+                elem.values.len = 0
+                elem.offsets.len = 8 if elem.width == 0 else 0
+                elem.nulls.len = 0
             return PyBytes_FromStringAndSize(out.ptr, out.len)
         finally:
             buf_free(&out)
@@ -410,7 +457,12 @@ cdef class _ParserCore:
         cdef Slot* slot = &self._slots[i]
         cdef Column* col = &self._cols[i]
         cdef int rc, code
-        if col.depth:
+        if col.nelems:
+            col.marks[0] = self._num_rows  # each element holds this many values
+            rc = self._store_tuple(col, slot.kind, slot.escaped, slot.ptr, slot.len)
+            if rc != ERR_NONE and rc != ERR_NO_MEMORY:
+                col_undo_row(col)  # the elements stored before the bad one
+        elif col.depth:
             col_mark_row(col)
             if slot.kind == KIND_CSV_TEXT:
                 rc = self._store_csv(col, <const unsigned char*>slot.ptr, slot.len)
@@ -514,6 +566,80 @@ cdef class _ParserCore:
             self._bad_ptr = <const char*>s
             self._bad_len = length
         return ERR_BAD_VALUE
+
+    @cython.final
+    cdef int _store_tuple(self, Column* col, int kind, bint escaped, const char* ptr,
+                          Py_ssize_t length) noexcept nogil:
+        # A JSON array of exactly nelems items (a named Tuple: also an object of its
+        # element names; other members are ignored) into the elements of a Tuple
+        # column; null, missing, or an element an object leaves out: the element's
+        # default (NULL for Nullable, else the zero). Returns like _store_array.
+        cdef const unsigned char* s = <const unsigned char*>ptr
+        cdef Py_ssize_t pos, stop, item_len, count
+        cdef Py_ssize_t rows = col.marks[0]
+        cdef const char* item
+        cdef const char* key
+        cdef Py_ssize_t key_len
+        cdef bint item_escaped, key_escaped
+        cdef int item_kind, rc, k
+        if kind == KIND_NESTED and s[0] == b'[':
+            count = 0
+            pos = json_ws(s, 1, length)
+            while s[pos] != b']':
+                stop = json_item(s, pos, length, &item_kind, &item_escaped, &item, &item_len)
+                count += 1
+                pos = json_ws(s, stop, length)
+                if s[pos] == b',':
+                    pos = json_ws(s, pos + 1, length)
+            if count != col.nelems:
+                return self._bad_value(kind, escaped, s, length)
+            k = 0
+            pos = json_ws(s, 1, length)
+            while s[pos] != b']':
+                stop = json_item(s, pos, length, &item_kind, &item_escaped, &item, &item_len)
+                rc = self._store_elem(&col.elems[k], item_kind, item_escaped, item, item_len)
+                if rc != ERR_NONE:
+                    return rc
+                k += 1
+                pos = json_ws(s, stop, length)
+                if s[pos] == b',':
+                    pos = json_ws(s, pos + 1, length)
+            return ERR_NONE
+        if kind == KIND_NESTED and s[0] == b'{' and col.enum_count:
+            pos = json_ws(s, 1, length)
+            while s[pos] != b'}':
+                key_escaped = False
+                stop = json_string_end(s, pos, &key_escaped)
+                if key_escaped:
+                    self._scratch.len = 0
+                    if self._unescape(&self._scratch, s + pos + 1, stop - pos - 2) < 0:
+                        return ERR_NO_MEMORY
+                    key = self._scratch.ptr
+                    key_len = self._scratch.len
+                else:
+                    key = <const char*>s + pos + 1
+                    key_len = stop - pos - 2
+                k = tuple_element(col, key, key_len)
+                pos = json_ws(s, json_ws(s, stop, length) + 1, length)  # past the colon
+                stop = json_item(s, pos, length, &item_kind, &item_escaped, &item, &item_len)
+                if k >= 0:
+                    if col_children(&col.elems[k], 0) > rows:  # a duplicate member
+                        return self._bad_value(kind, escaped, s, length)
+                    rc = self._store_elem(&col.elems[k], item_kind, item_escaped, item,
+                                          item_len)
+                    if rc != ERR_NONE:
+                        return rc
+                pos = json_ws(s, stop, length)
+                if s[pos] == b',':
+                    pos = json_ws(s, pos + 1, length)
+        elif kind != KIND_NULL and kind != KIND_MISSING:
+            return self._bad_value(kind, escaped, s, length)
+        for k in range(col.nelems):
+            if col_children(&col.elems[k], 0) == rows:
+                rc = col_append_zero(&col.elems[k], 1 if col.elems[k].nullable else 0)
+                if rc != ERR_NONE:
+                    return rc
+        return ERR_NONE
 
     @cython.final
     cdef int _store_map(self, Column* col, int kind, bint escaped, const char* ptr,
@@ -950,6 +1076,37 @@ cdef void memset_column(Column* col) noexcept nogil:
     memset(col, 0, sizeof(Column))
 
 
+cdef void col_free(Column* col) noexcept nogil:
+    # Every buffer of col, and of its Tuple elements.
+    cdef int k
+    buf_free(&col.values)
+    buf_free(&col.offsets)
+    buf_free(&col.nulls)
+    buf_free(&col.default_value)
+    buf_free(&col.enum_names)
+    buf_free(&col.enum_entries)
+    buf_free(&col.ends[0])
+    buf_free(&col.ends[1])
+    buf_free(&col.keys)
+    if col.elems != NULL:
+        for k in range(col.nelems):
+            col_free(&col.elems[k])
+        PyMem_RawFree(col.elems)
+        col.elems = NULL
+        col.nelems = 0
+
+
+cdef int tuple_element(Column* col, const char* name, Py_ssize_t n) noexcept nogil:
+    # The element of a named Tuple called name, or -1.
+    cdef EnumEntry* entries = <EnumEntry*>col.enum_entries.ptr
+    cdef Py_ssize_t k
+    for k in range(col.enum_count):
+        if entries[k].len == n and (n == 0 or memcmp(col.enum_names.ptr + entries[k].off, name,
+                                                     <size_t>n) == 0):
+            return entries[k].value
+    return -1
+
+
 cdef int col_end_string_init(Column* col) noexcept nogil:
     # String offsets start with a 0 that take_block() keeps.
     if col.width == 0:
@@ -1181,8 +1338,9 @@ cdef Py_ssize_t lc_position(LCTable* t, const unsigned char* data, Py_ssize_t st
 
 
 cdef int lc_write(LCTable* t, const uint64_t* keys, Py_ssize_t count, Py_ssize_t base,
-                  const unsigned char* data, Buf* out) noexcept nogil:
-    # Header, dictionary, row count and indexes (see encode_low_cardinality_py).
+                  const unsigned char* data, Py_ssize_t value_width, Buf* out) noexcept nogil:
+    # Header, dictionary, row count and indexes (see encode_low_cardinality_py). The
+    # dictionary is a String payload, or with value_width > 0 fixed-width values.
     cdef uint64_t max_key = <uint64_t>(t.count + base - 1)
     cdef int width, width_code
     cdef Py_ssize_t i, k
@@ -1202,15 +1360,20 @@ cdef int lc_write(LCTable* t, const uint64_t* keys, Py_ssize_t count, Py_ssize_t
     else:
         width = 8
         width_code = 3
-    if buf_reserve(out, 32 + (t.count + base) * 10 + t.nbytes + count * width) < 0:
+    if buf_reserve(out, 32 + (t.count + base) * 10 + t.nbytes + base * value_width
+                   + count * width) < 0:
         return -1
     put_u64(out, 1)  # keys version: SharedDictionariesWithAdditionalKeys
     put_u64(out, (1 << 9) | (1 << 10) | width_code)  # has additional keys, update dictionary
     put_u64(out, <uint64_t>(t.count + base))
-    if base:
+    if base and value_width:
+        memset(out.ptr + out.len, 0, <size_t>value_width)  # NULL: the zero value
+        out.len += value_width
+    elif base:
         put_varint(out, 0)  # position 0 stands for NULL; its value is ""
     for k in range(t.count):
-        put_varint(out, <uint64_t>ent[k].len)
+        if not value_width:
+            put_varint(out, <uint64_t>ent[k].len)
         if ent[k].len:
             memcpy(out.ptr + out.len, data + ent[k].off, <size_t>ent[k].len)
             out.len += ent[k].len
@@ -1232,8 +1395,10 @@ cdef int lc_write(LCTable* t, const uint64_t* keys, Py_ssize_t count, Py_ssize_t
 
 
 cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
-                   const unsigned char* nulls, Buf* out) noexcept nogil:
-    # The payload of encode_low_cardinality_py into out; -1 if out of memory.
+                   const unsigned char* nulls, Py_ssize_t value_width, Buf* out) noexcept nogil:
+    # The payload of encode_low_cardinality_py into out; -1 if out of memory. With
+    # value_width > 0, offs is unused: value i is data[i * value_width:][:value_width]
+    # (encode_low_cardinality_fixed_py).
     cdef LCTable t
     cdef Py_ssize_t base = 1 if nulls != NULL else 0
     cdef Py_ssize_t i, position
@@ -1249,13 +1414,16 @@ cdef int lc_encode(const int64_t* offs, Py_ssize_t count, const unsigned char* d
             if nulls != NULL and nulls[i]:
                 keys[i] = 0
                 continue
-            position = lc_position(&t, data, offs[i], offs[i + 1] - offs[i])
+            if value_width:
+                position = lc_position(&t, data, i * value_width, value_width)
+            else:
+                position = lc_position(&t, data, offs[i], offs[i + 1] - offs[i])
             if position < 0:
                 rc = -1
                 break
             keys[i] = <uint64_t>(position + base)
         if rc == 0:
-            rc = lc_write(&t, keys, count, base, data, out)
+            rc = lc_write(&t, keys, count, base, data, value_width, out)
     PyMem_RawFree(keys)
     PyMem_RawFree(t.slots)
     buf_free(&t.entries)
@@ -1298,7 +1466,42 @@ def encode_low_cardinality(offsets, data, nulls=None):
     memset(&out, 0, sizeof(Buf))
     try:
         with nogil:
-            rc = lc_encode(offs, count, data_ptr, null_ptr, &out)
+            rc = lc_encode(offs, count, data_ptr, null_ptr, 0, &out)
+        if rc < 0:
+            raise MemoryError()
+        result = PyBytes_FromStringAndSize(out.ptr, out.len)
+    finally:
+        buf_free(&out)
+    return result
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_low_cardinality_fixed(values, Py_ssize_t width, nulls=None):
+    """Native LowCardinality(T) payload for a fixed-width T (``width`` bytes a value), or
+    LowCardinality(Nullable(T)) when ``nulls`` is given: the compiled twin of
+    ``native.encode_low_cardinality_fixed_py``."""
+    cdef const unsigned char[::1] view = values
+    cdef const unsigned char[::1] null_view
+    cdef const unsigned char* null_ptr = NULL
+    cdef Py_ssize_t count
+    cdef int rc
+    cdef Buf out
+    cdef bytes result
+    if width <= 0 or view.shape[0] % width:
+        raise ValueError(f"{view.shape[0]} value bytes are not values of {width} bytes")
+    count = view.shape[0] // width
+    if count == 0:
+        return b""
+    if nulls is not None:
+        null_view = nulls
+        if null_view.shape[0] != count:
+            raise ValueError(f"{null_view.shape[0]} null flags for {count} rows")
+        null_ptr = &null_view[0]
+    memset(&out, 0, sizeof(Buf))
+    try:
+        with nogil:
+            rc = lc_encode(NULL, count, &view[0], null_ptr, width, &out)
         if rc < 0:
             raise MemoryError()
         result = PyBytes_FromStringAndSize(out.ptr, out.len)

@@ -40,6 +40,11 @@ cdef struct Column:
     bint is_map
     Buf keys
     Py_ssize_t marks[6] # values, offsets, nulls, ends[0], ends[1], keys lengths at the row's start
+                        # (a Tuple: marks[0] is the values each element held then)
+    # Tuple(...): one column per element (each one value per row); a named Tuple's
+    # element names are in enum_names / enum_entries (value: the element's index).
+    Column* elems       # owned (PyMem_Malloc), nelems of them
+    int nelems
 
 
 cdef struct EnumEntry:
@@ -142,6 +147,12 @@ cdef inline int col_end_array(Column* col, int level) noexcept nogil:
 
 cdef void col_undo_row(Column* col) noexcept nogil:
     # Drop the last appended row (a later column of the same row failed).
+    cdef int k
+    if col.nelems:
+        for k in range(col.nelems):
+            if col_children(&col.elems[k], 0) > col.marks[0]:
+                col_undo_row(&col.elems[k])
+        return
     if col.depth:
         col.values.len = col.marks[0]
         col.offsets.len = col.marks[1]

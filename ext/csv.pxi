@@ -39,6 +39,10 @@ cdef class CSVParser(_ParserCore):
                  escapechar=None, header=None):
         super().__init__(columns, max_row_bytes=max_row_bytes)
         cdef int i
+        for spec in self._specs:
+            if spec.tuple_elements:
+                raise SchemaError(f"column '{spec.name}' ({spec.ch_type}): Tuple columns are "
+                                  "not supported in CSV (send NDJSON)")
         if len(delimiter) != 1 or delimiter in b'"\r\n':
             raise ValueError("delimiter must be one byte other than a quote or newline")
         if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):

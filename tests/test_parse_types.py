@@ -110,7 +110,7 @@ def test_new_types_are_parsed() -> None:
 
 @pytest.mark.parametrize("ch_type", [
     "FixedString(0)", "FixedString(x)", "Enum8('a' = 200)", "Enum8()", "Enum8('a' = 1, 'a' = 2)",
-    "Enum8('a' = 1, 'b' = 1)", "Enum8(a = 1)", "LowCardinality(FixedString(2))",
+    "Enum8('a' = 1, 'b' = 1)", "Enum8(a = 1)", "LowCardinality(Decimal(9, 2))",
     "DateTime64(10)", "DateTime64", "Decimal(5)", "Decimal(77, 0)", "Decimal(3, 4)",
     "Decimal32(2, 1)", "Decimal(0, 0)",
 ])

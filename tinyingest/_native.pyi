@@ -8,7 +8,8 @@ docstring for the value policy) and the encoders in :mod:`tinyingest.native`.
 What crosses the boundary (style guide 2.2): one buffer in per ``feed()`` call; out,
 per :class:`~tinyingest.block.Block`, columnar buffers (values, int64 string offsets,
 one-byte null maps, little-endian; an Array or Map column as its Native payload: UInt64
-row end offsets in ``offsets``, the nested payload in ``values``) and the bad rows as
+row end offsets in ``offsets``, the nested payload in ``values``; a Tuple column as its
+Native payload in ``values``: each element's null map and values, one after the other) and the bad rows as
 :class:`~tinyingest.block.RowError`. Nothing is created per good row. Bad rows never
 raise: only ``MemoryError`` does, and ``SchemaError`` / ``ValueError`` at construction.
 """
@@ -25,7 +26,8 @@ class NDJSONParser:
 
     Each column reads ``spec.path`` from every row object (``()`` is the whole row,
     stored as compact JSON; an int step is an array element). Array columns take a JSON
-    array, Map(String, V) columns a JSON object (null or missing: empty). Rows are validated as whole JSON (RFC
+    array, Map(String, V) columns a JSON object (null or missing: empty), Tuple columns
+    a JSON array of exactly N elements (named Tuples: also an object of their names). Rows are validated as whole JSON (RFC
     8259, UTF-8, depth <= 64); a bad row is quarantined whole as a
     :class:`~tinyingest.block.RowError`.
     """
@@ -79,8 +81,8 @@ class CSVParser:
             column; ``True``: it is a header in any case (fields map by position when
             it does not name every column); ``False``: there is no header.
         :raises ValueError: a bad delimiter or escapechar.
-        :raises SchemaError: a literal DEFAULT that is not a value of its type (an
-            Array or Map column takes none).
+        :raises SchemaError: a Tuple column (not supported in CSV), or a literal DEFAULT
+            that is not a value of its type (an Array or Map column takes none).
         """
     @property
     def columns(self) -> list[ColumnSpec]:
@@ -126,4 +128,17 @@ def encode_low_cardinality(offsets: _Buffer, data: _Buffer,
     :returns: ``b""`` for zero rows.
     :raises ValueError: ``nulls`` does not hold one flag per row, or the offsets are
         not non-decreasing int64 values within ``data``.
+    """
+
+def encode_low_cardinality_fixed(values: _Buffer, width: int,
+                                 nulls: _Buffer | None = None) -> bytes:
+    """Native ``LowCardinality(T)`` payload for a fixed-width ``T`` (``width`` bytes a
+    value: numbers, Date, DateTime, UUID, IPv4, FixedString(N)...), or
+    ``LowCardinality(Nullable(T))`` when ``nulls`` is given (dictionary position 0 is
+    NULL, holding ``width`` zero bytes). Same bytes as
+    :func:`tinyingest.native.encode_low_cardinality_fixed_py`.
+
+    :returns: ``b""`` for zero rows.
+    :raises ValueError: ``values`` is not whole values of ``width`` (> 0) bytes, or
+        ``nulls`` does not hold one flag per row.
     """

@@ -57,6 +57,17 @@ Policy (both formats, both implementations):
   String elements: not ``NULL``, valid UTF-8). Block data: ``offsets`` the UInt64 row
   end offsets, ``values`` the keys (Native String payload) then the values' payload:
   Native ``Array(Tuple(String, V))``, which is how ClickHouse serializes a Map.
+* ``Tuple(T1, ..., Tn)`` (each T a scalar type above, or ``Nullable``), NDJSON only
+  (a CSV parser refuses the column): a JSON array of exactly n elements, each read as
+  its T like an array element; for a named Tuple ``Tuple(a T1, b T2)`` also a JSON
+  object, its members matched to the element names (unknown members ignored, as
+  ClickHouse does; a duplicate is ``BAD_VALUE``). ``null``, a missing value, or an
+  element an object leaves out: the element's default (NULL for ``Nullable``, else its
+  zero; no DEFAULT is taken). An array of another length or any other value is
+  ``BAD_VALUE`` with the value's text; a bad element quarantines the row, naming the
+  column, with the element's text. Block data: ``values`` the Native Tuple payload, the
+  elements' payloads (null map, then values) one after the other.
+* ``LowCardinality(T)`` is read as ``T``: only its Native encoding differs.
 * Paths: ``$.a[:]`` is ``$.a`` (Array columns only); ``$.a[N]`` reads element N of a
   JSON array like a key reads an object member (absent when ``a`` is not an array or is
   shorter: the missing-value rule applies).
@@ -475,7 +486,7 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
 
 class _Column:
     __slots__ = ("spec", "code", "width", "zero", "nullable", "values", "offsets", "nulls",
-                 "default", "depth", "ends", "is_map", "keys")
+                 "default", "depth", "ends", "is_map", "keys", "elements")
 
     def __init__(self, spec: ColumnSpec) -> None:
         self.spec = spec
@@ -492,13 +503,15 @@ class _Column:
         # length + bytes each).
         self.is_map = spec.is_map
         self.keys = bytearray()
+        # Tuple columns: one column per element, each holding one value per row.
+        self.elements = [_Column(element) for element in spec.tuple_elements]
         self.values = bytearray()
         self.offsets = array("q", [0])
         self.nulls = bytearray()
         self.default: bytes | None = None
         if spec.default_text is not None:
             try:
-                if self.depth:
+                if self.depth or self.elements:
                     raise _ConvertError(ErrorCode.BAD_VALUE)
                 self.default = convert_text(spec.default_text, spec)
             except _ConvertError:
@@ -536,10 +549,19 @@ class _Column:
         self.ends[level].append(self.children(level + 1))
 
     def mark(self) -> tuple[int, ...]:
+        if self.elements:
+            return tuple(length for element in self.elements for length in
+                         (len(element.values), len(element.offsets), len(element.nulls)))
         return (len(self.values), len(self.offsets), len(self.nulls), len(self.keys),
                 *(len(ends) for ends in self.ends))
 
     def rollback(self, mark: tuple[int, ...]) -> None:
+        if self.elements:
+            for k, element in enumerate(self.elements):
+                del element.values[mark[3 * k] :]
+                del element.offsets[mark[3 * k + 1] :]
+                del element.nulls[mark[3 * k + 2] :]
+            return
         del self.values[mark[0] :]
         del self.offsets[mark[1] :]
         del self.nulls[mark[2] :]
@@ -548,6 +570,18 @@ class _Column:
             del ends[length:]
 
     def take(self) -> ColumnData:
+        if self.elements:
+            # Native Tuple layout: each element's payload (null map, then the values;
+            # Strings varint length + bytes), one after the other.
+            from tinyingest.native import encode_strings_py
+
+            parts = []
+            for element in self.elements:
+                data = element.take()
+                parts.append(data.nulls or b"")
+                parts.append(encode_strings_py(data.offsets or b"", data.values)
+                             if element.code is TypeCode.STRING else data.values)
+            return ColumnData(values=b"".join(parts))
         if self.depth:
             # Native Array layout: the row end offsets here, then the nested payload:
             # inner end offsets (Map: the keys), the elements' null map, the elements.
@@ -655,6 +689,9 @@ class _ParserBase:
     def _store(self, index: int, kind: int, text: bytes) -> None:
         """Convert one found value into column ``index`` or raise _BadRow."""
         column = self._columns[index]
+        if column.elements:
+            self._store_tuple(index, kind, text)
+            return
         if column.depth:
             if kind == _CSV_TEXT:
                 self._store_csv(index, text)
@@ -672,9 +709,11 @@ class _ParserBase:
         self._store_element(index, kind, text)
 
     def _store_element(self, index: int, kind: int, text: bytes,
-                       null_text: bytes = b"null") -> None:
-        """One value (a row's, or an array element) into column ``index``."""
-        column = self._columns[index]
+                       null_text: bytes = b"null", column: _Column | None = None) -> None:
+        """One value (a row's, an array element, or into ``column``, an element of
+        Tuple column ``index``) into column ``index``."""
+        if column is None:
+            column = self._columns[index]
         if kind == _NULL:
             if not column.nullable:
                 raise _BadRow(ErrorCode.NULL, index, null_text)
@@ -700,6 +739,39 @@ class _ParserBase:
         elif kind != _NULL and kind != _MISSING:
             raise _BadRow(ErrorCode.BAD_VALUE, index, text)
         column.end_array(level)
+
+    def _store_tuple(self, index: int, kind: int, text: bytes) -> None:
+        """A JSON array of exactly N elements (or, for a named Tuple, an object of its
+        element names) into Tuple column ``index``; null or missing is every element's
+        default (NULL for Nullable, else the zero), as is a member an object leaves out."""
+        column = self._columns[index]
+        elements = column.elements
+        if kind == _NESTED and text[:1] == b"[":
+            items = _json_items(text)
+            if len(items) != len(elements):
+                raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+            for element, (item_kind, item) in zip(elements, items):
+                self._store_element(index, item_kind, item, column=element)
+            return
+        names = [name.encode() for name in column.spec.tuple_names]
+        if kind == _NESTED and text[:1] == b"{" and any(names):
+            seen = [False] * len(elements)
+            for key, item_kind, item in _json_members(text):
+                if key not in names:
+                    continue  # unknown members are ignored, as ClickHouse does
+                k = names.index(key)
+                if seen[k]:
+                    raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+                seen[k] = True
+                self._store_element(index, item_kind, item, column=elements[k])
+            for k, element in enumerate(elements):
+                if not seen[k]:
+                    element.append_zero(element.nullable)
+            return
+        if kind != _NULL and kind != _MISSING:
+            raise _BadRow(ErrorCode.BAD_VALUE, index, text)
+        for element in elements:
+            element.append_zero(element.nullable)
 
     def _store_map(self, index: int, kind: int, text: bytes) -> None:
         """A JSON object (compact text) into Map column ``index``; null or missing is
@@ -1225,6 +1297,10 @@ class CSVParser(_ParserBase):
                  delimiter: bytes = b",", escapechar: bytes | None = None,
                  header: bool | None = None) -> None:
         super().__init__(columns, max_row_bytes=max_row_bytes)
+        for spec in columns:
+            if spec.tuple_elements:
+                raise SchemaError(f"column '{spec.name}' ({spec.ch_type}): Tuple columns are "
+                                  "not supported in CSV (send NDJSON)")
         if len(delimiter) != 1 or delimiter in b'"\r\n':
             raise ValueError("delimiter must be one byte other than a quote or newline")
         if escapechar is not None and (len(escapechar) != 1 or escapechar in b'\r\n'):

@@ -25,6 +25,14 @@ Types beyond the numbers, String, Date and DateTime (the text each accepts is in
 NDJSON path may end in ``[:]`` (``$.items[:]`` is the same as ``$.items``), and a path
 may index a JSON array: ``$.a[0]`` (the first element; see ``parse_jsonpath``).
 
+``LowCardinality(T)`` and ``LowCardinality(Nullable(T))``: ``T`` String, FixedString(N)
+or a fixed-width type ClickHouse allows there (not Enum, Decimal or DateTime64; see
+:data:`LOW_CARDINALITY_TYPES`); parsed as ``T``, only the Native encoding differs.
+
+``Tuple(T1, T2, ...)`` / ``Tuple(a T1, b T2, ...)`` of the scalars above (``Nullable``
+too): ``type_code`` TUPLE, one :class:`ColumnSpec` per element in ``tuple_elements``;
+never NULL, and not inside Array, Map, LowCardinality or Nullable.
+
 ``Map(String, V)``, ``V`` any of those scalars (``Nullable`` too), is held like
 ``Array(V)`` (``array_depth`` 1, the fields describe ``V``) plus ``is_map``: ClickHouse
 serializes it as ``Array(Tuple(String, V))``. ClickHouse 18.16 has no Map type.
@@ -69,6 +77,7 @@ class TypeCode(enum.IntEnum):
     DECIMAL128 = 28
     DECIMAL256 = 29
     IPV6 = 30
+    TUPLE = 31  # Tuple(T1, ...): the elements are in ``tuple_elements``
 
 
 _SIMPLE_TYPES: dict[str, TypeCode] = {
@@ -130,7 +139,15 @@ FIXED_WIDTH: dict[TypeCode, int] = {
     TypeCode.DECIMAL128: 16,
     TypeCode.DECIMAL256: 32,
     TypeCode.IPV6: 16,
+    # A Tuple column is held as its Native payload (the elements' one after the other).
+    TypeCode.TUPLE: 0,
 }
+
+#: What ClickHouse takes inside ``LowCardinality`` (its DataTypeLowCardinality refuses
+#: Enum, Decimal and DateTime64).
+LOW_CARDINALITY_TYPES = frozenset(FIXED_WIDTH) - {
+    TypeCode.ENUM8, TypeCode.ENUM16, TypeCode.DATETIME64, TypeCode.DECIMAL32,
+    TypeCode.DECIMAL64, TypeCode.DECIMAL128, TypeCode.DECIMAL256, TypeCode.TUPLE}
 
 _DECIMAL_PRECISION = {"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}
 _DECIMAL_CODES = ((9, TypeCode.DECIMAL32), (18, TypeCode.DECIMAL64), (38, TypeCode.DECIMAL128),
@@ -160,6 +177,9 @@ class ParsedType:
     array_depth: int = 0
     #: Map(String, V): array_depth 1, the other fields describe the value type V.
     is_map: bool = False
+    #: Tuple(T1, ...) (type_code TUPLE): each element's type, and its name ("" unnamed).
+    tuple_elements: tuple[ParsedType, ...] = ()
+    tuple_names: tuple[str, ...] = ()
 
 
 #: Deepest Array nesting the parsers fill.
@@ -234,6 +254,14 @@ def parse_type(ch_type: str) -> ParsedType:
     nullable = False
     array_depth = 0
     is_map = False
+    inner = _unwrap("Tuple", text)
+    if inner is not None:
+        return _parse_tuple(ch_type, inner)
+    for wrapper in ("Array", "Map", "LowCardinality", "Nullable"):
+        wrapped = _unwrap(wrapper, text)
+        if wrapped is not None and _contains_tuple(wrapped):
+            raise SchemaError(f"type {ch_type}: a Tuple is supported only as a column's "
+                              "own type (not inside Array, Map, LowCardinality or Nullable)")
     inner = _unwrap("Map", text)
     if inner is not None:
         match = _MAP_KEY.match(inner)
@@ -300,13 +328,78 @@ def parse_type(ch_type: str) -> ParsedType:
         code = _SIMPLE_TYPES.get(text)
     if code is None:
         raise SchemaError(f"type {ch_type} is not supported for ingestion yet")
-    if low_cardinality and code is not TypeCode.STRING:
-        raise SchemaError(f"type {ch_type}: LowCardinality is supported for String only")
+    if low_cardinality and code not in LOW_CARDINALITY_TYPES:
+        raise SchemaError(f"type {ch_type}: ClickHouse has no LowCardinality of "
+                          f"{code.name.title()} (numbers, String, FixedString, Date, "
+                          "DateTime, Date32, UUID, IPv4, IPv6 only)")
     if low_cardinality and array_depth:
         raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside "
-                          f"{'a Map' if is_map else 'an Array'}")
+                          f"{'a Map' if is_map else 'an Array'} for ingestion (declare the "
+                          "elements without LowCardinality)")
     return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
                       scale, precision, array_depth, is_map)
+
+
+_TUPLE_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)", re.S)
+
+
+def _contains_tuple(text: str) -> bool:
+    return re.search(r"(^|[(,\s])Tuple\s*\(", text) is not None
+
+
+def _split_top(body: str) -> list[str]:
+    """``a, b(c, d), 'e,f'`` -> ["a", "b(c, d)", "'e,f'"]: commas outside ( ) and quotes."""
+    items: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    pos = 0
+    while pos < len(body):
+        ch = body[pos]
+        if quoted:
+            if ch == "\\":
+                pos += 1
+            elif ch == "'":
+                quoted = False
+        elif ch == "'":
+            quoted = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(body[start:pos].strip())
+            start = pos + 1
+        pos += 1
+    items.append(body[start:].strip())
+    return items
+
+
+def _parse_tuple(ch_type: str, body: str) -> ParsedType:
+    """``Tuple(T1, T2)`` or ``Tuple(a T1, b T2)``: scalar elements (Nullable allowed)."""
+    names: list[str] = []
+    elements: list[ParsedType] = []
+    for item in _split_top(body):
+        match = _TUPLE_NAME.fullmatch(item)
+        name, element_type = (match.group(1), match.group(2)) if match else ("", item)
+        if not element_type:
+            raise SchemaError(f"type {ch_type}: an empty Tuple element")
+        try:
+            element = parse_type(element_type)
+        except SchemaError as exc:
+            raise SchemaError(f"type {ch_type}: element {element_type}: {exc}") from None
+        if element.array_depth or element.type_code is TypeCode.TUPLE or \
+                element.low_cardinality:
+            raise SchemaError(f"type {ch_type}: Tuple elements must be scalar types "
+                              "(Nullable allowed; no Array, Map, Tuple or LowCardinality)")
+        names.append(name)
+        elements.append(element)
+    if any(names) and not all(names):
+        raise SchemaError(f"type {ch_type}: name every Tuple element or none")
+    if any(names) and len(set(names)) != len(names):
+        raise SchemaError(f"type {ch_type}: duplicate Tuple element names")
+    return ParsedType(ch_type.strip(), TypeCode.TUPLE, False, False,
+                      tuple_elements=tuple(elements), tuple_names=tuple(names))
 
 
 _PATH_TOKEN = re.compile(r"\.([^.\[\]]+)|\[['\"]([^'\"]*)['\"]\]|\[(\d+)\]|(\[:\])")
@@ -384,6 +477,10 @@ class ColumnSpec:
     array_depth: int = 0
     #: Map(String, V): ``array_depth`` is 1 and the fields above describe the value V.
     is_map: bool = False
+    #: Tuple(...) (``type_code`` TUPLE): one spec per element (no path; named by the
+    #: element name, else "1", "2", ...), and the element names ("" when unnamed).
+    tuple_elements: tuple[ColumnSpec, ...] = ()
+    tuple_names: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -421,6 +518,11 @@ class ColumnSpec:
             precision=parsed.precision,
             array_depth=parsed.array_depth,
             is_map=parsed.is_map,
+            tuple_elements=tuple(
+                ColumnSpec.build(name or str(index + 1), element.ch_type)
+                for index, (name, element) in enumerate(
+                    zip(parsed.tuple_names, parsed.tuple_elements))),
+            tuple_names=parsed.tuple_names,
         )
 
     @property

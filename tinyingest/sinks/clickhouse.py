@@ -154,12 +154,20 @@ class ClickHouseSink:
     def execute(self, sql: str) -> None:
         """Run a statement that returns nothing (DDL).
 
-        LowCardinality columns are allowed on servers that still call them experimental.
+        LowCardinality columns are allowed on servers that still call them experimental
+        (18.x), and LowCardinality of numbers and dates on newer ones, which call those
+        "suspicious" (the parser stores them exactly either way).
 
         :raises SinkError: the server refused the statement or could not be reached.
         """
-        settings = {"allow_experimental_low_cardinality_type": 1}
         with self._errors():
+            if not self._client.connection.connected:
+                self._client.connection.connect()
+            server = self._client.connection.server_info
+            if server is not None and server.version_major >= 19:
+                settings = {"allow_suspicious_low_cardinality_types": 1}
+            else:
+                settings = {"allow_experimental_low_cardinality_type": 1}
             self._client.execute(sql, settings=settings)
 
     def query(
