@@ -6,7 +6,7 @@ import asyncio
 
 from tinyingest.batcher import BatchLimits, TableBatcher, Writer
 from tinyingest.block import EncodedBlock
-from tinyingest.native import encode_rows_py
+from tinyingest.native import encode_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 
@@ -14,7 +14,7 @@ COLUMNS = [ColumnSpec.build("id", "UInt64"), ColumnSpec.build("name", "Nullable(
 
 
 def rows(start: int, count: int) -> EncodedBlock:
-    return encode_rows_py(["id", "name"], ["UInt64", "Nullable(String)"],
+    return encode_rows(["id", "name"], ["UInt64", "Nullable(String)"],
                           [(i, None if i % 2 else f"n{i}") for i in range(start, start + count)])
 
 
@@ -99,9 +99,9 @@ def test_refused_rows_fail_the_waiter_and_go_to_on_refused(sink: Sink) -> None:
     assert [n for n, _ in refused] == [2] and "name" in refused[0][1]
 
 
-def test_refused_block_is_isolated_and_the_others_stored(sink: Sink) -> None:
-    # ClickHouse refuses any insert holding id 666 (a DEFAULT that throws): only the block
-    # with it must go to on_refused; the blocks of the other requests are stored.
+def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
+    # ClickHouse refuses any insert holding id 666 (a DEFAULT that throws): only that row
+    # must go to on_refused; its block's other rows and the other blocks are stored.
     sink.execute("CREATE TABLE t (id UInt64, name Nullable(String), "
                  "guard UInt8 DEFAULT throwIf(id = 666)) ENGINE = MergeTree ORDER BY id")
     refused: list[int] = []
@@ -124,6 +124,7 @@ def test_refused_block_is_isolated_and_the_others_stored(sink: Sink) -> None:
 
     outcomes = asyncio.run(main())
     assert [o is None for o in outcomes] == [True, True, False, True, True]
-    assert refused == [4]
-    assert count(sink) == 16
-    assert sink.query("SELECT count() FROM t WHERE id BETWEEN 664 AND 667").rows == [(0,)]
+    assert refused == [1]
+    assert count(sink) == 19
+    assert sink.query("SELECT groupArray(id) FROM (SELECT id FROM t WHERE id BETWEEN 664 AND 667 "
+                      "ORDER BY id)").rows == [([664, 665, 667],)]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tinyingest.block import Block, ColumnData
-from tinyingest.native import encode_block, encode_rows_py
+from tinyingest.native import encode_block, encode_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.sinks.clickhouse import ClickHouseSink
@@ -120,7 +120,7 @@ def test_quarantine_shape_round_trips(sink: Sink) -> None:
         "datasource String, insertion_date DateTime) ENGINE = MergeTree ORDER BY insertion_date"
     )
     when = datetime.datetime(2024, 5, 6, 7, 8, 9)
-    sink.insert("quarantine", encode_rows_py(
+    sink.insert("quarantine", encode_rows(
         ["c__error", "line", "datasource", "insertion_date"],
         ["Array(String)", "Nullable(String)", "String", "DateTime"],
         [(["bad Int64 \"x\"", "missing"], '{"a": "x"}', "events", when), ([], None, "events", 0)],
@@ -133,7 +133,7 @@ def test_quarantine_shape_round_trips(sink: Sink) -> None:
 
 
 def test_insert_into_missing_table_raises(sink: Sink) -> None:
-    block = encode_rows_py(["a"], ["String"], [("x",)])
+    block = encode_rows(["a"], ["String"], [("x",)])
     with pytest.raises(SinkError) as info:
         sink.insert("no_such_table", block)
     assert info.value.code == 60
@@ -144,7 +144,7 @@ def test_insert_into_missing_table_raises(sink: Sink) -> None:
 def test_insert_of_wrong_column_raises(sink: Sink) -> None:
     sink.execute("CREATE TABLE t (a String) ENGINE = MergeTree ORDER BY a")
     with pytest.raises(SinkError):
-        sink.insert("t", encode_rows_py(["b"], ["String"], [("x",)]))
+        sink.insert("t", encode_rows(["b"], ["String"], [("x",)]))
     assert sink.query("SELECT count() FROM t").rows == [(0,)]
 
 
@@ -170,7 +170,7 @@ def test_query_error_raises_with_code(sink: Sink) -> None:
 )
 def test_readonly_query_refuses_writes(sink: Sink, sql: str) -> None:
     sink.execute("CREATE TABLE t (a String) ENGINE = MergeTree ORDER BY a")
-    sink.insert("t", encode_rows_py(["a"], ["String"], [("kept",)]))
+    sink.insert("t", encode_rows(["a"], ["String"], [("kept",)]))
     with pytest.raises(SinkError) as info:
         sink.query(sql)
     assert info.value.code == 164  # READONLY
@@ -196,7 +196,7 @@ def test_empty_result_has_meta(sink: Sink) -> None:
 
 def test_empty_block_is_a_no_op(sink: Sink) -> None:
     sink.execute("CREATE TABLE t (a String) ENGINE = MergeTree ORDER BY a")
-    sink.insert("t", encode_rows_py(["a"], ["String"], []))
+    sink.insert("t", encode_rows(["a"], ["String"], []))
     assert sink.query("SELECT count() FROM t").rows == [(0,)]
 
 
@@ -212,7 +212,7 @@ def test_clickhouse_connection_errors_raise_and_reconnect(
         unreachable.query("SELECT 1")
     assert info.value.code is None
     with pytest.raises(SinkError):
-        unreachable.insert("t", encode_rows_py(["a"], ["String"], [("x",)]))
+        unreachable.insert("t", encode_rows(["a"], ["String"], [("x",)]))
 
     sink = ClickHouseSink(clickhouse_server.url)
     assert sink.query("SELECT 1").rows == [(1,)]
@@ -230,7 +230,7 @@ def test_insert_the_table_refuses_raises_and_stores_nothing(sink: Sink) -> None:
     # streaming insert reported such inserts as written while storing nothing).
     sink.execute("CREATE TABLE guarded (id UInt64, guard UInt8 DEFAULT throwIf(id = 666)) "
                  "ENGINE = MergeTree ORDER BY id")
-    block = encode_rows_py(["id"], ["UInt64"], [(1,), (666,)])
+    block = encode_rows(["id"], ["UInt64"], [(1,), (666,)])
     with pytest.raises(SinkError):
         sink.insert("guarded", block)
     assert sink.query("SELECT count() FROM guarded").rows == [(0,)]

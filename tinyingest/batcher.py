@@ -14,8 +14,9 @@ When an insert fails:
   back: they are in the spool and were promised.
 * ClickHouse refuses the rows (schema drift, a value it will not take): after
   ``insert_attempts`` tries the batch is inserted in halves to isolate the refused
-  blocks (one request's block each); those go to ``on_refused`` (the quarantine, with
-  ClickHouse's message) and their waiting requests fail; the others are stored.
+  blocks (one request's block each), and those in halves to isolate the refused rows;
+  only those go to ``on_refused`` (the quarantine, with ClickHouse's message), and the
+  requests they came from fail; every other row is stored.
 
 All inserts go through one worker thread (:class:`Writer`): the sinks are blocking and
 not thread-safe, and clickhouse-driver and chDB release the GIL while they wait, so the
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tinyingest.block import EncodedBlock
-from tinyingest.native import merge_blocks
+from tinyingest.native import merge_blocks, split_block
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.spool import RecordId
@@ -51,6 +52,16 @@ _TRANSIENT_CODES = frozenset({3, 23, 24, 32, 33, 159, 164, 202, 209, 210, 241, 2
 
 def is_transient(error: SinkError) -> bool:
     return error.code is None or error.code in _TRANSIENT_CODES
+
+
+#: Inserts spent isolating the refused rows of one refused block; past it, what is left
+#: of the block goes to the quarantine whole.
+_SPLIT_INSERTS = 64
+
+
+class _Transient(Exception):
+    def __init__(self, error: SinkError) -> None:
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -275,28 +286,65 @@ class TableBatcher:
         self._backoff = min(self._backoff * 2, self._limits.max_backoff)
 
     async def _isolate(self, batch: list[_Pending], error: SinkError) -> None:
-        """ClickHouse refused a batch: insert it in halves to find the blocks it refuses,
-        so that one request's bad rows do not take the other requests' rows with them.
-        A refusal is deterministic, so each half is tried once."""
-        if len(batch) == 1 or not self._columns:
-            if self._on_refused is not None:
-                await self._on_refused([item.block for item in batch], error)
-            self._on_stored([item.record for item in batch if item.record is not None])
-            self._settle(batch, error)
-            return
-        middle = len(batch) // 2
-        for half in (batch[:middle], batch[middle:]):
-            blocks = [item.block for item in half]
-            try:
-                await self._writer.run(lambda: self._writer.sink.insert(
-                    self.table, merge_blocks(self._columns, blocks)))
-            except SinkError as exc:
-                if is_transient(exc):
-                    self._postpone(half, exc)
+        """ClickHouse refused a batch: insert it in halves to find the refused blocks (one
+        request's rows each), then the refused rows inside them, so that a bad row takes
+        no other row with it. A refusal is deterministic, so each part is tried once."""
+        if len(batch) > 1 and self._columns:
+            middle = len(batch) // 2
+            for half in (batch[:middle], batch[middle:]):
+                failure = await self._try_insert([item.block for item in half])
+                if failure is None:
+                    self._stored(half)
+                elif is_transient(failure):
+                    self._postpone(half, failure)
                 else:
-                    await self._isolate(half, exc)
-            else:
-                self._stored(half)
+                    await self._isolate(half, failure)
+            return
+        refused: list[tuple[EncodedBlock, SinkError]] = []
+        try:
+            for item in batch:
+                budget = [_SPLIT_INSERTS] if self._columns else [0]
+                refused += await self._isolate_rows(item.block, error, budget)
+        except _Transient as away:
+            # Parts may be stored already; the whole is tried again (at least once).
+            self._postpone(batch, away.error)
+            return
+        for block, reason in refused:
+            if self._on_refused is not None:
+                await self._on_refused([block], reason)
+        self._on_stored([item.record for item in batch if item.record is not None])
+        self._settle(batch, refused[0][1] if refused else None)
+
+    async def _isolate_rows(self, block: EncodedBlock, error: SinkError,
+                            budget: list[int]) -> list[tuple[EncodedBlock, SinkError]]:
+        """The refused parts of a refused block, found by halving it; the rest stored."""
+        if block.num_rows <= 1 or budget[0] <= 0:
+            return [(block, error)]
+        halves = await asyncio.get_running_loop().run_in_executor(None, split_block, block)
+        failures: list[tuple[EncodedBlock, SinkError]] = []
+        for half in halves:
+            budget[0] -= 1
+            failure = await self._try_insert([half])
+            if failure is not None and is_transient(failure):
+                raise _Transient(failure)
+            if failure is not None:
+                failures.append((half, failure))
+        if len(failures) == 2:
+            # Both halves refused: the whole block is (schema drift, a bad batch), not a
+            # row in it; halving further would only spend inserts.
+            return [(block, error)]
+        refused: list[tuple[EncodedBlock, SinkError]] = []
+        for half, failure in failures:
+            refused += await self._isolate_rows(half, failure, budget)
+        return refused
+
+    async def _try_insert(self, blocks: list[EncodedBlock]) -> SinkError | None:
+        merged = merge_blocks(self._columns, blocks) if len(blocks) > 1 else blocks[0]
+        try:
+            await self._writer.run(lambda: self._writer.sink.insert(self.table, merged))
+        except SinkError as exc:
+            return exc
+        return None
 
     @staticmethod
     def _settle(batch: list[_Pending], error: SinkError | None) -> None:

@@ -46,14 +46,14 @@ column name and type):
 All multi-byte values are little-endian: like ClickHouse itself, this module assumes a
 little-endian host (the parsers write native-order buffers).
 
-:func:`encode_rows_py` is a slow, pure-Python encoder from Python values, for the few
-bad rows the quarantine table receives.
+:func:`encode_rows` encodes Python values with clickhouse-driver's column writers, for
+the slow paths only: the few rows of the quarantine table, and splitting a block
+ClickHouse refused (:func:`split_block`).
 """
 
 from __future__ import annotations
 
 import array
-import datetime
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,7 +68,8 @@ __all__ = [
     "encode_low_cardinality_py",
     "encode_low_cardinality_fixed",
     "encode_low_cardinality_fixed_py",
-    "encode_rows_py",
+    "encode_rows",
+    "split_block",
     "encode_strings",
     "encode_strings_py",
     "native_type",
@@ -433,98 +434,62 @@ def encode_block(columns: Sequence[ColumnSpec], block: Block) -> EncodedBlock:
     )
 
 
-# -- slow path: Python values (quarantine rows) -------------------------------------
-
-_INT_FORMATS: dict[str, str] = {
-    "Int8": "<b",
-    "Int16": "<h",
-    "Int32": "<i",
-    "Int64": "<q",
-    "UInt8": "<B",
-    "UInt16": "<H",
-    "UInt32": "<I",
-    "UInt64": "<Q",
-    "Float32": "<f",
-    "Float64": "<d",
-}
+# -- slow path: Python values (quarantine rows, refused blocks) -----------------------
 
 
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    raise TypeError(f"expected str or bytes, got {type(value).__name__}")
+def _driver_context(timezone: str = "UTC") -> Any:
+    """A clickhouse-driver context for its column readers and writers, as over Native
+    (revision 0: no BlockInfo, no custom-serialization flags) with the driver's defaults."""
+    from clickhouse_driver import Client
+    from clickhouse_driver.connection import ServerInfo
+    from clickhouse_driver.context import Context
+
+    context = Context()
+    context.server_info = ServerInfo("tinyingest", 0, 0, 0, 0, timezone, "tinyingest", 0)
+    context.settings = {}
+    context.client_settings = Client("127.0.0.1").client_settings
+    return context
 
 
-def _epoch_seconds(value: Any) -> int:
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.timezone.utc)
-        return int(value.timestamp())
-    if isinstance(value, (int, float)):
-        return int(value)
-    raise TypeError(f"expected datetime or epoch seconds, got {type(value).__name__}")
+class _Collect:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
 
 
-def _encode_values(ch_type: str, values: Sequence[Any], out: bytearray) -> None:
-    if ch_type == "String":
-        for value in values:
-            raw = _as_bytes(value)
-            write_varint(len(raw), out)
-            out += raw
-    elif ch_type == "DateTime" or (ch_type.startswith("DateTime(") and ch_type.endswith(")")):
-        for value in values:
-            out += struct.pack("<I", _epoch_seconds(value))
-    elif ch_type in _INT_FORMATS:
-        fmt = _INT_FORMATS[ch_type]
-        for value in values:
-            out += struct.pack(fmt, value)
-    elif ch_type.startswith("Nullable(") and ch_type.endswith(")"):
-        inner = ch_type[len("Nullable(") : -1]
-        out += bytes(1 if value is None else 0 for value in values)
-        default: Any = "" if inner == "String" else 0
-        _encode_values(inner, [default if value is None else value for value in values], out)
-    elif ch_type.startswith("Array(") and ch_type.endswith(")"):
-        inner = ch_type[len("Array(") : -1]
-        total = 0
-        flat: list[Any] = []
-        for value in values:
-            total += len(value)
-            flat.extend(value)
-            out += struct.pack("<Q", total)
-        _encode_values(inner, flat, out)
-    else:
-        raise ValueError(f"encode_rows_py does not support type {ch_type}")
+def encode_rows(names: Sequence[str], types: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> EncodedBlock:
+    """Python rows -> Native column data, for any ClickHouse type, with clickhouse-driver's
+    column writers. Slow (an object per value): for quarantine rows and for splitting a
+    block ClickHouse refused, never for the rows parsed from requests.
 
-
-def encode_rows_py(
-    names: Sequence[str], types: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> EncodedBlock:
-    """Encode Python rows as Native column data; slow, for a few rows only.
-
-    Supported types: ``String`` (str or bytes), ``Nullable(T)``, ``Array(T)`` (any
-    sequence), ``DateTime`` (aware or UTC-naive ``datetime``, or epoch seconds) and the
-    numeric types.
-
-    >>> encode_rows_py(["a", "t"], ["Array(String)", "DateTime"], [(["x"], 1)]).payloads
-    (b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01x', b'\\x01\\x00\\x00\\x00')
+    >>> encode_rows(["a", "t"], ["Array(String)", "Nullable(UInt8)"], [(["x"], None)]).payloads
+    (b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01x', b'\\x01\\x00')
     """
+    from clickhouse_driver.bufferedwriter import CompressedBufferedWriter
+    from clickhouse_driver.columns.service import write_column
+
     if len(names) != len(types):
         raise ValueError(f"{len(names)} names for {len(types)} types")
+    context = _driver_context()
     payloads = []
-    for index, ch_type in enumerate(types):
-        out = bytearray()
-        _encode_values(ch_type.strip(), [row[index] for row in rows], out)
-        payloads.append(bytes(out))
-    return EncodedBlock(
-        names=tuple(names),
-        types=tuple(t.strip() for t in types),
-        num_rows=len(rows),
-        payloads=tuple(payloads),
-    )
+    for index, (name, ch_type) in enumerate(zip(names, types)):
+        collect = _Collect()
+        buffer = CompressedBufferedWriter(collect, 1 << 20)  # plain buffering, no compression
+        write_column(context, name, ch_type, [row[index] for row in rows], buffer)
+        buffer.flush()
+        payloads.append(b"".join(collect.parts))
+    return EncodedBlock(tuple(names), tuple(types), len(rows), tuple(payloads))
+
+
+def split_block(block: EncodedBlock) -> tuple[EncodedBlock, EncodedBlock]:
+    """``block``'s rows in two halves (decoded and encoded again: slow path)."""
+    rows = decode_rows(block)
+    middle = len(rows) // 2
+    return (encode_rows(block.names, block.types, rows[:middle]),
+            encode_rows(block.names, block.types, rows[middle:]))
 
 
 # -- batching: many requests' blocks -> one INSERT ------------------------------------
@@ -615,16 +580,7 @@ class NativeDecoder:
     """
 
     def __init__(self, timezone: str = "UTC") -> None:
-        from clickhouse_driver import Client
-        from clickhouse_driver.connection import ServerInfo
-        from clickhouse_driver.context import Context
-
-        self._context = Context()
-        # Revision 0: Native output has no BlockInfo and no custom-serialization flags.
-        self._context.server_info = ServerInfo("chDB", 0, 0, 0, 0, timezone, "chDB", 0)
-        self._context.settings = {}
-        # The driver's defaults (str for String, no numpy), as ClickHouseSink gets them.
-        self._context.client_settings = Client("127.0.0.1").client_settings
+        self._context = _driver_context(timezone)
 
     def decode(self, data: bytes) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
         from clickhouse_driver.bufferedreader import CompressedBufferedReader

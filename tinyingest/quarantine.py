@@ -16,7 +16,7 @@ from tinyingest._pyparser import _BadRow, raw_json_values, split_csv_record
 from tinyingest.block import EncodedBlock, RowError
 from tinyingest.datafiles import QUARANTINE_COLUMNS, DataSource
 from tinyingest.errors import row_error_message
-from tinyingest.native import decode_rows, encode_rows_py
+from tinyingest.native import decode_rows, encode_rows
 from tinyingest.schema import ColumnSpec
 
 
@@ -54,7 +54,7 @@ def quarantine_rows(datasource: DataSource, parsed_columns: Sequence[ColumnSpec]
             *raw,
             now,
         ))
-    return encode_rows_py(names, types, rows)
+    return encode_rows(names, types, rows)
 
 
 def _csv_values(line: bytes, delimiter: int, parsed_columns: Sequence[ColumnSpec],
@@ -91,4 +91,4 @@ def refused_rows(datasource: DataSource, block: EncodedBlock, message: str) -> E
             *[text.get(name) for name in datasource.quarantine_columns],
             now,
         ))
-    return encode_rows_py(names, types, rows)
+    return encode_rows(names, types, rows)
