@@ -22,6 +22,7 @@ import sys
 
 from tinyingest.block import Block, ColumnData, RowError
 from tinyingest.schema import SchemaError
+from tinyingest.timezones import wall_clock_shifts
 from tinyingest import _pyparser
 
 if sys.byteorder != "little":
@@ -112,6 +113,7 @@ cdef class _ParserCore:
         cdef EnumEntry entry
         cdef int k
         cdef int nelems = len(spec.tuple_elements)
+        cdef int64_t shift[2]
         col.code = int(spec.type_code)
         col.width = _pyparser.FIXED_WIDTH[spec.type_code]
         col.nullable = spec.nullable
@@ -120,6 +122,11 @@ cdef class _ParserCore:
         col.precision = spec.precision
         col.depth = spec.array_depth
         col.is_map = spec.is_map
+        for wall_from, offset in wall_clock_shifts(spec.timezone):
+            shift[0] = wall_from
+            shift[1] = offset
+            if buf_append(&col.zone_shifts, <const char*>shift, sizeof(shift)) < 0:
+                raise MemoryError()
         if nelems:
             col.elems = <Column*>PyMem_RawMalloc(sizeof(Column) * nelems)
             if col.elems == NULL:
@@ -1088,6 +1095,7 @@ cdef void col_free(Column* col) noexcept nogil:
     buf_free(&col.ends[0])
     buf_free(&col.ends[1])
     buf_free(&col.keys)
+    buf_free(&col.zone_shifts)
     if col.elems != NULL:
         for k in range(col.nelems):
             col_free(&col.elems[k])

@@ -45,6 +45,9 @@ cdef struct Column:
     # element names are in enum_names / enum_entries (value: the element's index).
     Column* elems       # owned (PyMem_Malloc), nelems of them
     int nelems
+    # DateTime('Zone') / DateTime64(p, 'Zone'): the zone's (wall_from, offset) int64
+    # pairs (tinyingest.timezones.wall_clock_shifts); empty for UTC.
+    Buf zone_shifts
 
 
 cdef struct EnumEntry:
@@ -446,6 +449,24 @@ cdef inline int digits_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t pos, 
     return value
 
 
+cdef inline int64_t wall_to_utc(const Column* col, int64_t wall) noexcept nogil:
+    # Epoch seconds of a wall-clock time in the column's zone: the last shift whose
+    # wall_from <= wall gives the offset (timezones.wall_to_utc, a binary search).
+    cdef const int64_t* shifts = <const int64_t*>col.zone_shifts.ptr
+    cdef Py_ssize_t lo = 0
+    cdef Py_ssize_t hi = col.zone_shifts.len // 16   # pairs; shifts[0] is the earliest
+    cdef Py_ssize_t mid
+    if hi == 0:
+        return wall
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if shifts[2 * mid] <= wall:
+            lo = mid
+        else:
+            hi = mid
+    return wall - shifts[2 * lo + 1]
+
+
 cdef enum:
     DT64_MIN_SECONDS = -2208988800LL    # 1900-01-01 00:00:00 (_pyparser._DT64_MIN)
     DT64_MAX_SECONDS = 10413791999LL    # 2299-12-31 23:59:59
@@ -497,6 +518,7 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
     cdef int year, month, day, hour = 0, minute = 0, second = 0
     cdef int off_h, off_m, sign
     cdef int64_t offset = 0
+    cdef bint zoned = False     # Z or an offset was written
     cdef uint16_t day_value
     cdef uint32_t second_value
     cdef Py_ssize_t start
@@ -565,8 +587,10 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
         if hour > 23 or minute > 59 or second > 59:
             return ERR_BAD_VALUE
         if pos < n and s[pos] == b'Z':
+            zoned = True
             pos += 1
         elif pos < n and (s[pos] == b'+' or s[pos] == b'-'):
+            zoned = True
             sign = -1 if s[pos] == b'-' else 1
             off_h = digits_at(s, n, pos + 1, 2)
             if off_h < 0:
@@ -595,7 +619,8 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             return ERR_OUT_OF_RANGE
         day_value = <uint16_t>days
         return col_append_value(col, <const char*>&day_value, 2, 0)
-    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    seconds = seconds - offset if zoned else wall_to_utc(col, seconds)
     if dt64:
         return dt64_append(col, seconds, fraction, fraction_len, -1)
     if seconds < 0 or seconds > 0xFFFFFFFFLL:

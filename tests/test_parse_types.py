@@ -10,6 +10,7 @@ import ipaddress
 import json
 import random
 import struct
+import time
 import uuid
 from array import array
 from typing import Any
@@ -59,7 +60,8 @@ def decode_values(spec: ColumnSpec, values: bytes, offsets: bytes | None,
                for i in range(num_rows)]
     else:
         fmt = {TypeCode.BOOL: "B", TypeCode.ENUM8: "b", TypeCode.ENUM16: "h",
-               TypeCode.DATE32: "i", TypeCode.IPV4: "I", TypeCode.DATETIME64: "q"}[code]
+               TypeCode.DATE32: "i", TypeCode.IPV4: "I", TypeCode.DATETIME64: "q",
+               TypeCode.DATETIME: "I"}[code]
         out = list(struct.unpack(f"<{num_rows}{fmt}", values))
     if nulls is not None:
         out = [None if flag else value for flag, value in zip(nulls, out)]
@@ -112,7 +114,8 @@ def test_new_types_are_parsed() -> None:
     "FixedString(0)", "FixedString(x)", "Enum8('a' = 200)", "Enum8()", "Enum8('a' = 1, 'a' = 2)",
     "Enum8('a' = 1, 'b' = 1)", "Enum8(a = 1)", "LowCardinality(Decimal(9, 2))",
     "DateTime64(10)", "DateTime64", "Decimal(5)", "Decimal(77, 0)", "Decimal(3, 4)",
-    "Decimal32(2, 1)", "Decimal(0, 0)",
+    "Decimal32(2, 1)", "Decimal(0, 0)", "DateTime('Mars/Olympus')", "DateTime(UTC)",
+    "DateTime64(3, 'Nowhere')", "DateTime('')",
 ])
 def test_bad_type_definitions_are_refused(ch_type: str) -> None:
     with pytest.raises(SchemaError):
@@ -227,6 +230,27 @@ def test_datetime64(parser_module: Any) -> None:
     assert [code for _, code in errs] == [RANGE]
 
 
+def test_naive_times_are_read_in_the_column_zone(parser_module: Any) -> None:
+    """As ClickHouse does: a skipped time takes the offset after the change, a repeated
+    time its first occurrence; Z, an offset, an epoch number and zone-less columns are UTC.
+    """
+    texts = ['"2024-06-01 12:00:00"', '"2024-03-10 02:30:00"', '"2024-11-03 01:30:00"',
+             '"2024-11-03T01:30:00Z"', '"2024-11-03 01:30:00-05:00"', "1717243200",
+             '"2024-01-15"']
+    stored, errs = ndjson_values(parser_module, "DateTime('America/New_York')", texts)
+    assert stored == [1717257600, 1710052200, 1730611800, 1730597400, 1730615400,
+                      1717243200, 1705294800]
+    assert not errs
+    stored, _ = ndjson_values(parser_module, "DateTime", texts[:1])
+    assert stored == [1717243200]
+    stored, _ = ndjson_values(parser_module, "DateTime64(3, 'Asia/Kolkata')",
+                              ['"2024-06-01 12:00:00.250"'])
+    assert stored == [(1717243200 - 19800) * 1000 + 250]
+    stored, _ = csv_values(parser_module, "Nullable(DateTime('Europe/Berlin'))",
+                           ["2024-01-01 00:00:00", "\\N"])
+    assert stored == [1704063600, None]
+
+
 @pytest.mark.parametrize("ch_type,low,high", [
     ("Int128", -(1 << 127), (1 << 127) - 1), ("UInt128", 0, (1 << 128) - 1),
     ("Int256", -(1 << 255), (1 << 255) - 1), ("UInt256", 0, (1 << 256) - 1),
@@ -284,7 +308,8 @@ def test_null_and_missing(parser_module: Any, ch_type: str) -> None:
 
 FUZZ_TYPES = ["Bool", "UUID", "FixedString(3)", ENUM8, ENUM16, "Date32", "IPv4",
               "DateTime64(3)", "DateTime64(9, 'UTC')", "Int128", "UInt128", "Int256", "UInt256",
-              "Decimal(9, 3)", "Decimal(38, 10)", "Decimal256(2)", "IPv6"]
+              "Decimal(9, 3)", "Decimal(38, 10)", "Decimal256(2)", "IPv6",
+              "DateTime('America/New_York')", "DateTime64(3, 'Australia/Lord_Howe')"]
 
 
 def _random_text(rng: random.Random) -> str:
@@ -385,3 +410,50 @@ def test_round_trip_through_the_server(sink: Sink) -> None:
     result = sink.query(f"SELECT {select} FROM types ORDER BY row")
     expected = [tuple(case[2][r] for case in cases) for r in range(2)]
     assert result.rows == expected
+
+
+ZONES = ["America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe",
+         "America/Sao_Paulo", "Europe/Moscow"]
+OLD_SERVER_DIFFERS = {"Australia/Lord_Howe", "America/Sao_Paulo", "Europe/Moscow"}
+
+
+def _naive_times(zone: str) -> list[str]:
+    """Wall-clock texts around every offset change of ``zone`` in 1971-2037 (skipped and
+    repeated times included) and some at random, deterministically."""
+    from tinyingest.timezones import wall_clock_shifts
+    rng = random.Random(zone)
+    walls = [rng.randrange(31536000, 2145916800) for _ in range(20)]
+    for wall_from, _ in wall_clock_shifts(zone)[1:]:
+        if 31536000 < wall_from < 2145916800 and rng.random() < 0.3:
+            walls += [wall_from + delta for delta in (-3601, -1800, -1, 0, 1, 1800, 3599)]
+    return [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall)) for wall in walls]
+
+
+def test_naive_times_match_the_server_in_every_zone(sink: Sink) -> None:
+    """What we store for a time without offset in DateTime('Zone') equals the server's
+    own reading of the same text (``toDateTime(text, zone)``).
+
+    18.16 differs from chDB 26.9 and zoneinfo (which agree) on times skipped by a change
+    at midnight (Sao Paulo, Moscow in the 1980s: it takes the old offset) and on Lord
+    Howe's 1981 change: those zones are compared on chDB only.
+    """
+    for i, zone in enumerate(ZONES):
+        if zone in OLD_SERVER_DIFFERS and sink.name != "embedded":
+            continue
+        texts = _naive_times(zone)
+        spec = ColumnSpec.build("t", f"DateTime('{zone}')", "$.t")
+        parser = implementation("c").NDJSONParser([spec])
+        parser.feed(b"".join(json.dumps({"t": text}).encode() + b"\n" for text in texts))
+        parser.finish()
+        block: Block = parser.take_block()
+        assert block.num_rows == len(texts) and not block.errors
+        sink.execute(f"CREATE TABLE zoned{i} (row UInt32, t DateTime('{zone}')) "
+                     "ENGINE = MergeTree ORDER BY row")
+        row_spec = ColumnSpec.build("row", "UInt32", "$.row")
+        rows = ColumnData(struct.pack(f"<{len(texts)}I", *range(len(texts))))
+        sink.insert(f"zoned{i}", encode_block([row_spec, spec],
+                                              Block(len(texts), [rows] + block.columns)))
+        stored = [row[0] for row in
+                  sink.query(f"SELECT toUInt32(t) FROM zoned{i} ORDER BY row").rows]
+        literals = ", ".join(f"toUInt32(toDateTime('{text}', '{zone}'))" for text in texts)
+        assert stored == list(sink.query(f"SELECT [{literals}]").rows[0][0]), zone

@@ -23,7 +23,9 @@ Policy (both formats, both implementations):
   value's name, exactly, or its number as an integer text; ``Date32`` the Date forms,
   1900-01-01 to 2299-12-31 (else ``OUT_OF_RANGE``); ``DateTime64(p[, tz])`` the
   DateTime forms, same range as Date32, fraction truncated to p digits, stored as Int64
-  ticks; times without an offset are taken as UTC whatever the column's timezone;
+  ticks; ``DateTime('Zone')`` and ``DateTime64(p, 'Zone')`` read a time without ``Z``
+  or an offset in that zone, as ClickHouse does (:mod:`tinyingest.timezones`), and
+  columns without a zone read it as UTC;
   ``Int128``/``UInt128``/``Int256``/``UInt256`` as the integers (little-endian two's
   complement); ``Decimal(P, S)``/``Decimal32/64/128/256(S)`` ``[+-]digits[.digits]``
   without exponent, stored as the integer scaled by 10**S: fraction digits beyond S
@@ -85,6 +87,7 @@ from typing import Any
 from tinyingest.block import Block, ColumnData, RowError
 from tinyingest.errors import MAX_DEPTH, MAX_ERROR_VALUE, ErrorCode
 from tinyingest.schema import FIXED_WIDTH, ColumnSpec, SchemaError, TypeCode
+from tinyingest.timezones import NO_SHIFTS, wall_clock_shifts, wall_to_utc
 
 _WS = b" \t\r\n"
 _DIGITS = b"0123456789"
@@ -197,7 +200,8 @@ def _digits(text: bytes, pos: int, count: int) -> int:
 
 
 def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
-                    precision: int | None = None) -> int:
+                    precision: int | None = None,
+                    shifts: tuple[tuple[int, int], ...] = NO_SHIFTS) -> int:
     """Accepted forms; returns epoch seconds (DateTime), days (Date, Date32) or, with a
     ``precision``, DateTime64 ticks (10**-precision seconds).
 
@@ -207,7 +211,8 @@ def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
     calendar date as written (time and offset are checked, then ignored); from an
     epoch number it takes the UTC date. DateTime64 keeps the fraction, truncated to
     ``precision`` digits (an epoch number in milliseconds: its last three digits, then
-    its fraction).
+    its fraction). A date or time without ``Z`` or an offset is read in the column's
+    zone (``shifts``: :mod:`tinyingest.timezones`), UTC when it has none.
     """
     fraction = b""
     if text and text[0] in _DIGITS and (len(text) < 5 or text[4] != 0x2D):  # no '-' at 4
@@ -234,6 +239,7 @@ def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
     if not 1 <= month <= 12 or not 1 <= day <= _days_in_month(year, month):
         raise _ConvertError(ErrorCode.BAD_VALUE)
     hour = minute = second = offset = 0
+    zoned = False  # Z or an offset was written
     pos = 10
     if pos < len(text):
         if text[pos] not in b"T ":
@@ -257,8 +263,10 @@ def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
         if hour > 23 or minute > 59 or second > 59:
             raise _ConvertError(ErrorCode.BAD_VALUE)
         if text[pos : pos + 1] == b"Z":
+            zoned = True
             pos += 1
         elif text[pos : pos + 1] in (b"+", b"-"):
+            zoned = True
             sign = -1 if text[pos] == 0x2D else 1
             off_h = _digits(text, pos + 1, 2)
             pos += 3
@@ -283,7 +291,8 @@ def _parse_datetime(text: bytes, date_only: bool, date32: bool = False,
         if not 0 <= days <= 0xFFFF:
             raise _ConvertError(ErrorCode.OUT_OF_RANGE)
         return days
-    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    seconds = seconds - offset if zoned else wall_to_utc(seconds, shifts)
     if precision is not None:
         return _ticks(seconds, fraction, precision)
     if not 0 <= seconds <= 0xFFFFFFFF:
@@ -457,7 +466,8 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
     if code is TypeCode.DATE:
         return struct.pack("<H", _parse_datetime(text, True))
     if code is TypeCode.DATETIME:
-        return struct.pack("<I", _parse_datetime(text, False))
+        return struct.pack("<I", _parse_datetime(text, False,
+                                                 shifts=wall_clock_shifts(spec.timezone)))
     if code is TypeCode.BOOL:
         return _parse_bool(text)
     if code is TypeCode.UUID:
@@ -471,7 +481,8 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
     if code is TypeCode.IPV4:
         return _parse_ipv4(text)
     if code is TypeCode.DATETIME64:
-        return struct.pack("<q", _parse_datetime(text, False, precision=spec.scale))
+        return struct.pack("<q", _parse_datetime(text, False, precision=spec.scale,
+                                                 shifts=wall_clock_shifts(spec.timezone)))
     if code in _BIG_INTS:
         return _parse_big_int(text, code)
     if code in _DECIMAL_BYTES:

@@ -44,6 +44,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .timezones import is_known_zone
+
 
 class TypeCode(enum.IntEnum):
     # Keep in step with ext/codes.pxd.
@@ -180,6 +182,8 @@ class ParsedType:
     #: Tuple(T1, ...) (type_code TUPLE): each element's type, and its name ("" unnamed).
     tuple_elements: tuple[ParsedType, ...] = ()
     tuple_names: tuple[str, ...] = ()
+    #: DateTime('Zone') / DateTime64(p, 'Zone'): the zone; "" is UTC (see timezones).
+    timezone: str = ""
 
 
 #: Deepest Array nesting the parsers fill.
@@ -289,8 +293,10 @@ def parse_type(ch_type: str) -> ParsedType:
     if inner is not None:
         nullable = True
         text = inner
+    timezone = ""
     if text.startswith("DateTime(") and text.endswith(")"):
-        # DateTime('UTC'): the stored value is epoch seconds either way.
+        # DateTime('Zone'): stored as epoch seconds; the zone reads times without offset.
+        timezone = _zone_argument(ch_type, text[len("DateTime(") : -1])
         text = "DateTime"
     length = scale = precision = 0
     enum_values: tuple[tuple[bytes, int], ...] = ()
@@ -298,9 +304,10 @@ def parse_type(ch_type: str) -> ParsedType:
     datetime64 = _DATETIME64.fullmatch(text)
     decimal = _DECIMAL.fullmatch(text)
     if datetime64 is not None:
-        # DateTime64(p, 'tz'): ticks are UTC-based whatever the zone; see _pyparser.
         code: TypeCode | None = TypeCode.DATETIME64
         scale = int(datetime64.group(1))
+        if datetime64.group(2) is not None:
+            timezone = _zone_argument(ch_type, datetime64.group(2).lstrip(" ,"))
         if scale > 9:
             raise SchemaError(f"type {ch_type}: DateTime64 precision must be 0 to 9")
     elif decimal is not None:
@@ -337,7 +344,19 @@ def parse_type(ch_type: str) -> ParsedType:
                           f"{'a Map' if is_map else 'an Array'} for ingestion (declare the "
                           "elements without LowCardinality)")
     return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
-                      scale, precision, array_depth, is_map)
+                      scale, precision, array_depth, is_map, timezone=timezone)
+
+
+def _zone_argument(ch_type: str, argument: str) -> str:
+    """The zone name of ``'Europe/Berlin'`` (a DateTime type's argument), checked."""
+    argument = argument.strip()
+    zone = _unquote(argument[1:-1]) if len(argument) >= 2 and argument[0] == argument[-1] == "'" \
+        else None
+    if not zone:
+        raise SchemaError(f"type {ch_type}: the time zone must be a quoted name")
+    if not is_known_zone(zone):
+        raise SchemaError(f"type {ch_type}: unknown time zone {zone!r}")
+    return zone
 
 
 _TUPLE_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)", re.S)
@@ -481,6 +500,8 @@ class ColumnSpec:
     #: element name, else "1", "2", ...), and the element names ("" when unnamed).
     tuple_elements: tuple[ColumnSpec, ...] = ()
     tuple_names: tuple[str, ...] = ()
+    #: DateTime('Zone') / DateTime64(p, 'Zone'): the zone naive times are read in.
+    timezone: str = ""
 
     @classmethod
     def build(
@@ -523,6 +544,7 @@ class ColumnSpec:
                 for index, (name, element) in enumerate(
                     zip(parsed.tuple_names, parsed.tuple_elements))),
             tuple_names=parsed.tuple_names,
+            timezone=parsed.timezone,
         )
 
     @property
