@@ -32,6 +32,7 @@ def event(tag: str, i: int, **extra: Any) -> dict[str, Any]:
               "u8": 255, "u16": 65535, "u32": 4294967295},
         "f32": 1.5, "f64": 0.1, "name": f"name{i % 3}", "opt": None, "optn": i,
         "lcn": None if i % 2 else "x", "doc": {"a": [1, {"b": "c"}]},
+        "labels": ["all", f"l{i % 2}"][: i % 3],
     }
     row.update(extra)
     return row
@@ -66,6 +67,7 @@ def test_events_wait_stores_every_type_exactly(gateway: GatewayProcess) -> None:
     assert [r["lcn"] for r in stored] == ["x", None, "x", None, "x"]
     assert first["note"] == "none"  # missing field -> the column's DEFAULT
     assert first["doc"] == '{"a":[1,{"b":"c"}]}'  # nested JSON into String, compact
+    assert [r["labels"] for r in stored] == [[], ["all"], ["all", "l0"], [], ["all"]]
 
 
 def test_bad_rows_go_to_quarantine_with_reasons(gateway: GatewayProcess) -> None:
@@ -125,19 +127,22 @@ def test_many_blocks_are_merged_into_inserts_without_loss(gateway: GatewayProces
     tag = new_tag()
     count = 150_000
     lines = (json.dumps({"id": i, "tag": tag, "name": f"n{i % 1000}",
-                         "lcn": None if i % 7 == 0 else f"l{i % 5}", "optn": i}).encode() + b"\n"
+                         "lcn": None if i % 7 == 0 else f"l{i % 5}", "optn": i,
+                         "labels": [f"a{i % 3}"] * (i % 3)}).encode() + b"\n"
              for i in range(count))
     batches = (b"".join(itertools.islice(lines, 5000)) for _ in range(count // 5000))
     response = post_events(gateway, batches)
     assert response.status == 200, response.body
     assert response.json() == {"successful_rows": count, "quarantined_rows": 0}
     stats = sql(gateway, "SELECT count() AS n, sum(id) AS s, uniqExact(name) AS names, "
-                         "countIf(isNull(lcn)) AS nulls, sum(optn) AS so "
+                         "countIf(isNull(lcn)) AS nulls, sum(optn) AS so, "
+                         "sum(length(labels)) AS nlabels "
                          f"FROM events WHERE tag = '{tag}'")[0]
     assert int(stats["n"]) == count
     assert int(stats["s"]) == count * (count - 1) // 2
     assert int(stats["names"]) == 1000
     assert int(stats["nulls"]) == len(range(0, count, 7))
+    assert int(stats["nlabels"]) == sum(i % 3 for i in range(count))
     assert int(stats["so"]) == count * (count - 1) // 2
 
 

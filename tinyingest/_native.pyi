@@ -110,6 +110,13 @@ def strings_end(data: _Buffer, count: int) -> int:
     :raises ValueError: ``data`` does not hold ``count`` strings, or ``count`` < 0.
     """
 
+def split_strings(data: _Buffer, count: int) -> tuple[bytes, bytes]:
+    """``count`` Native String values -> (``count + 1`` int64 offsets from 0, the
+    concatenated bytes). Same result as :func:`tinyingest.native.split_strings_py`.
+
+    :raises ValueError: ``data`` does not hold ``count`` strings, or ``count`` < 0.
+    """
+
 def shift_offsets(offsets: _Buffer, base: int) -> bytes:
     """Each UInt64 of ``offsets`` (native order) plus ``base``: the Array offsets of a
     block appended after ``base`` elements. Same bytes as

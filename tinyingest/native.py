@@ -38,6 +38,10 @@ column name and type):
 * ``LowCardinality(T)`` / ``LowCardinality(Nullable(T))``, ``T`` fixed width or
   ``FixedString(N)``: the same layout with the dictionary as ``T``'s payload (see
   :func:`encode_low_cardinality_fixed_py`);
+* ``Array(LowCardinality(T))`` (any depth): the LowCardinality state prefix first, then
+  every level's offsets, then the elements as one LowCardinality granule (the prefix of
+  a nested column precedes the whole column in Native). :func:`merge_blocks` keeps one
+  prefix and each block's elements as a granule;
 * ``Tuple(T1, T2, ...)``: each element's payload (its null map first when Nullable),
   one after the other. The parsers hold a Tuple column that way in ``values``;
   :func:`merge_blocks` splits each block per element (:func:`tuple_parts`) and merges
@@ -83,6 +87,8 @@ __all__ = [
     "shift_offsets_py",
     "strings_end",
     "strings_end_py",
+    "split_strings",
+    "split_strings_py",
     "decode_rows",
 ]
 
@@ -173,13 +179,9 @@ except ImportError:  # no compiled extension: the reference implementation
     shift_offsets = shift_offsets_py
 
 
-def strings_end_py(data: bytes, count: int) -> int:
-    """Where ``count`` Native String values at the start of ``data`` end; the
-    pure-Python reference.
-
-    >>> strings_end_py(b"\\x02ab\\x00\\x01cz", 3)
-    6
-    """
+def _string_spans_py(data: bytes, count: int) -> list[tuple[int, int]]:
+    """(start, end) of each of ``count`` Native String values at the start of ``data``."""
+    spans = []
     pos = 0
     for _ in range(count):
         length = shift = 0
@@ -194,8 +196,42 @@ def strings_end_py(data: bytes, count: int) -> int:
                 break
         if length > len(data) - pos:
             raise ValueError(f"data does not hold {count} strings")
+        spans.append((pos, pos + length))
         pos += length
-    return pos
+    return spans
+
+
+def strings_end_py(data: bytes, count: int) -> int:
+    """Where ``count`` Native String values at the start of ``data`` end; the
+    pure-Python reference.
+
+    >>> strings_end_py(b"\\x02ab\\x00\\x01cz", 3)
+    6
+    """
+    spans = _string_spans_py(data, count)
+    return spans[-1][1] if spans else 0
+
+
+def split_strings_py(data: bytes, count: int) -> tuple[bytes, bytes]:
+    """``count`` Native String values -> (int64 offsets from 0, the concatenated bytes);
+    the pure-Python reference.
+
+    >>> offsets, values = split_strings_py(b"\\x02ab\\x00\\x01c", 3)
+    >>> array.array("q", offsets).tolist(), values
+    ([0, 2, 2, 3], b'abc')
+    """
+    spans = _string_spans_py(data, count)
+    ends = [0]
+    for start, end in spans:
+        ends.append(ends[-1] + end - start)
+    return array.array("q", ends).tobytes(), b"".join(data[start:end] for start, end in spans)
+
+
+split_strings: Callable[[bytes, int], tuple[bytes, bytes]]
+try:
+    from tinyingest._native import split_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
+except ImportError:  # no compiled extension: the reference implementation
+    split_strings = split_strings_py
 
 
 strings_end: Callable[[bytes, int], int]
@@ -209,6 +245,7 @@ except ImportError:  # no compiled extension: the reference implementation
 _LC_KEYS_VERSION = 1  # SharedDictionariesWithAdditionalKeys: the state prefix
 _LC_HAS_ADDITIONAL_KEYS = 1 << 9  # the block carries its own dictionary ("additional keys")
 _LC_NEED_UPDATE_DICTIONARY = 1 << 10
+_LC_PREFIX = struct.pack("<Q", _LC_KEYS_VERSION)
 _LC_INDEX_TYPES = ((0xFF, 0, "B"), (0xFFFF, 1, "H"), (0xFFFFFFFF, 2, "I"), (2**64 - 1, 3, "Q"))
 
 
@@ -332,6 +369,12 @@ def encode_column(spec: ColumnSpec, column: ColumnData, num_rows: int) -> bytes:
     if spec.tuple_elements:
         tuple_parts(spec, num_rows, column.values)  # checks the layout
         return bytes(column.values)
+    if spec.array_depth:
+        if column.offsets is None or len(column.offsets) != 8 * num_rows:
+            raise ValueError(f"column {spec.name!r}: Array data without one offset per row")
+        if spec.low_cardinality:
+            return _array_low_cardinality(spec, bytes(column.offsets), bytes(column.values))
+        return bytes(column.offsets) + bytes(column.values)
     if spec.low_cardinality and spec.type_code is not TypeCode.STRING:
         width = spec.length if spec.type_code is TypeCode.FIXED_STRING \
             else FIXED_WIDTH[spec.type_code]
@@ -345,10 +388,6 @@ def encode_column(spec: ColumnSpec, column: ColumnData, num_rows: int) -> bytes:
             nulls = b"\x00" * num_rows
         return encode_low_cardinality_fixed(column.values, width,
                                             nulls if spec.nullable else None)
-    if spec.array_depth:
-        if column.offsets is None or len(column.offsets) != 8 * num_rows:
-            raise ValueError(f"column {spec.name!r}: Array data without one offset per row")
-        return bytes(column.offsets) + bytes(column.values)
     if spec.type_code is TypeCode.STRING:
         if column.offsets is None:
             raise ValueError(f"column {spec.name!r}: String data without offsets")
@@ -386,6 +425,30 @@ def encode_column(spec: ColumnSpec, column: ColumnData, num_rows: int) -> bytes:
     if len(column.nulls) != num_rows:
         raise ValueError(f"column {spec.name!r}: {len(column.nulls)} null flags for {num_rows} rows")
     return bytes(column.nulls) + data
+
+
+def _array_low_cardinality(spec: ColumnSpec, offsets: bytes, nested: bytes) -> bytes:
+    """``Array(LowCardinality(T))`` from the parsers' Array payload (offsets, then T's
+    plain payload): the LowCardinality state prefix comes first, before every level's
+    offsets, then the elements as one LowCardinality granule."""
+    levels = [offsets]
+    count = int.from_bytes(offsets[-8:], "little") if offsets else 0
+    for _ in range(spec.array_depth - 1):
+        levels.append(nested[: 8 * count])
+        nested = nested[8 * count :]
+        count = int.from_bytes(levels[-1][-8:], "little") if count else 0
+    nulls = nested[:count] if spec.nullable else None
+    values = nested[count:] if spec.nullable else nested
+    if spec.type_code is TypeCode.STRING:
+        elements = encode_low_cardinality(*split_strings(values, count), nulls)
+    else:
+        width = spec.length if spec.type_code is TypeCode.FIXED_STRING \
+            else FIXED_WIDTH[spec.type_code]
+        if len(values) != width * count:
+            raise ValueError(f"column {spec.name!r}: {len(values)} value bytes for {count} "
+                             f"elements of {width} bytes")
+        elements = encode_low_cardinality_fixed(values, width, nulls)
+    return _LC_PREFIX + b"".join(levels) + elements[len(_LC_PREFIX) :]
 
 
 def tuple_parts(spec: ColumnSpec, num_rows: int, payload: bytes) -> list[bytes]:
@@ -510,7 +573,13 @@ def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) 
     payloads: list[bytes] = []
     for index, spec in enumerate(columns):
         parts = [block.payloads[index] for block in blocks]
-        if spec.array_depth:
+        if spec.array_depth and spec.low_cardinality:
+            # The state prefix once, then the arrays merged with each block's elements
+            # a LowCardinality granule of its own.
+            payloads.append(_LC_PREFIX + _merge_arrays(
+                spec, spec.array_depth, [(block.num_rows, part[len(_LC_PREFIX) :])
+                                         for part, block in zip(parts, blocks)]))
+        elif spec.array_depth:
             payloads.append(_merge_arrays(spec, spec.array_depth,
                                           [(block.num_rows, part) for part, block in
                                            zip(parts, blocks)]))
@@ -557,6 +626,8 @@ def _merge_arrays(spec: ColumnSpec, depth: int, parts: Sequence[tuple[int, bytes
         total += count
     if depth > 1:
         return b"".join(offsets) + _merge_arrays(spec, depth - 1, nested)
+    if spec.low_cardinality:  # granules, read one after the other
+        return b"".join(offsets) + b"".join(payload for _, payload in nested)
     keys: list[bytes] = []
     if spec.is_map:
         # Tuple(String, V): each block's keys, then its values.

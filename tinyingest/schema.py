@@ -339,10 +339,9 @@ def parse_type(ch_type: str) -> ParsedType:
         raise SchemaError(f"type {ch_type}: ClickHouse has no LowCardinality of "
                           f"{code.name.title()} (numbers, String, FixedString, Date, "
                           "DateTime, Date32, UUID, IPv4, IPv6 only)")
-    if low_cardinality and array_depth:
-        raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside "
-                          f"{'a Map' if is_map else 'an Array'} for ingestion (declare the "
-                          "elements without LowCardinality)")
+    if low_cardinality and is_map:
+        raise SchemaError(f"type {ch_type}: LowCardinality is not supported inside a Map "
+                          "for ingestion (declare the values without LowCardinality)")
     return ParsedType(ch_type.strip(), code, nullable, low_cardinality, length, enum_values,
                       scale, precision, array_depth, is_map, timezone=timezone)
 
