@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .timezones import is_known_zone
 
@@ -466,15 +466,12 @@ def array_selectors(path: str) -> int:
     return count
 
 
-@dataclass(frozen=True, slots=True)
-class ColumnSpec:
-    """One column of a data source, as declared in its SCHEMA."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ColumnSpec(ParsedType):
+    """One column of a data source, as declared in its SCHEMA: its parsed type (the
+    fields of :class:`ParsedType`) with a name, a path and a default."""
 
     name: str
-    ch_type: str
-    type_code: TypeCode
-    nullable: bool
-    low_cardinality: bool
     #: JSON keys (str) and array indexes (int) from the row object to the value; ``()``
     #: is the whole row. ``None``: the column is not sent by clients (ClickHouse fills
     #: its DEFAULT).
@@ -485,22 +482,9 @@ class ColumnSpec:
     #: Text of a literal DEFAULT, used by the parser for missing values.
     default_text: bytes | None = None
     codec: str | None = None
-    length: int = 0  # FixedString(N): N
-    #: Enum8/Enum16: (name as UTF-8, value) pairs.
-    enum_values: tuple[tuple[bytes, int], ...] = ()
-    scale: int = 0  # DateTime64(p): p; Decimal(P, S): S
-    precision: int = 0  # Decimal(P, S): P
-    #: Array(T): 1, Array(Array(T)): 2; the fields above then describe the element T
-    #: (``nullable``: the elements are Nullable).
-    array_depth: int = 0
-    #: Map(String, V): ``array_depth`` is 1 and the fields above describe the value V.
-    is_map: bool = False
-    #: Tuple(...) (``type_code`` TUPLE): one spec per element (no path; named by the
-    #: element name, else "1", "2", ...), and the element names ("" when unnamed).
+    #: Tuple(...): one spec per element (no path; named by the element name, else
+    #: "1", "2", ...).
     tuple_elements: tuple[ColumnSpec, ...] = ()
-    tuple_names: tuple[str, ...] = ()
-    #: DateTime('Zone') / DateTime64(p, 'Zone'): the zone naive times are read in.
-    timezone: str = ""
 
     @classmethod
     def build(
@@ -520,30 +504,20 @@ class ColumnSpec:
         if jsonpath is not None and array_selectors(jsonpath) > parsed.array_depth:
             raise SchemaError(f"jsonpath {jsonpath!r}: [:] needs an Array column, "
                               f"not {parsed.ch_type}")
+        type_fields = {f.name: getattr(parsed, f.name) for f in fields(ParsedType)}
+        type_fields["tuple_elements"] = tuple(
+            ColumnSpec.build(name or str(index + 1), element.ch_type)
+            for index, (name, element) in enumerate(
+                zip(parsed.tuple_names, parsed.tuple_elements)))
         return cls(
+            **type_fields,
             name=name,
-            ch_type=parsed.ch_type,
-            type_code=parsed.type_code,
-            nullable=parsed.nullable,
-            low_cardinality=parsed.low_cardinality,
             path=path,
             jsonpath=jsonpath,
             default_kind=default_kind,
             default_expr=default_expr,
             default_text=literal_default(default_expr) if default_kind == "DEFAULT" else None,
             codec=codec,
-            length=parsed.length,
-            enum_values=parsed.enum_values,
-            scale=parsed.scale,
-            precision=parsed.precision,
-            array_depth=parsed.array_depth,
-            is_map=parsed.is_map,
-            tuple_elements=tuple(
-                ColumnSpec.build(name or str(index + 1), element.ch_type)
-                for index, (name, element) in enumerate(
-                    zip(parsed.tuple_names, parsed.tuple_elements))),
-            tuple_names=parsed.tuple_names,
-            timezone=parsed.timezone,
         )
 
     @property
