@@ -1571,3 +1571,4 @@ def encode_low_cardinality_fixed(values, Py_ssize_t width, nulls=None):
     finally:
         buf_free(&out)
     return result
+include "sort.pxi"

@@ -149,3 +149,16 @@ def encode_low_cardinality_fixed(values: _Buffer, width: int,
     :raises ValueError: ``values`` is not whole values of ``width`` (> 0) bytes, or
         ``nulls`` does not hold one flag per row.
     """
+
+def sort_columns(layouts: Sequence[tuple[int, int, bool]], keys: Sequence[tuple[int, int]],
+                 payloads: Sequence[_Buffer], rows: int) -> list[bytes] | None:
+    """Native column payloads of ``rows`` rows reordered by the key columns (a stable
+    sort), or None when they are in order already or cannot be sorted here (a key over
+    64 bits once packed, a Nullable key, a malformed payload). No Python twin: sorting is
+    an optimization, and without it ClickHouse sorts (:func:`tinyingest.native.sort_plan`).
+
+    :param layouts: per column (layout: 0 fixed width, 1 String, 2 LowCardinality; the
+        value width, 0 for strings; Nullable).
+    :param keys: (column, order: 0 unsigned, 1 signed, 2 float, 3 bytes), most
+        significant first.
+    """

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tinyingest.block import EncodedBlock
-from tinyingest.native import merge_blocks, split_block
+from tinyingest.native import SortPlan, merge_blocks, sort_block, split_block
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.spool import RecordId
@@ -134,6 +134,8 @@ class TableBatcher:
     """Coalesces one table's blocks and inserts them through the :class:`Writer`.
 
     :param columns: the blocks' column specs, to merge them; empty: insert one by one.
+    :param sort: how to put an insert in the table's sorting-key order, which spares
+        ClickHouse most of its insert work (:func:`~tinyingest.native.sort_plan`).
     :param on_stored: called with the spool records of every stored block.
     :param on_refused: called with blocks ClickHouse refused, and its error.
     """
@@ -142,8 +144,9 @@ class TableBatcher:
                  limits: BatchLimits, *,
                  on_stored: Callable[[list[RecordId]], None] = lambda records: None,
                  on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[None]]
-                 | None = None) -> None:
+                 | None = None, sort: SortPlan | None = None) -> None:
         self.table = table
+        self._sort = sort
         self._writer = writer
         self._columns = tuple(columns)
         self._limits = limits
@@ -341,10 +344,14 @@ class TableBatcher:
     async def _try_insert(self, blocks: list[EncodedBlock]) -> SinkError | None:
         merged = merge_blocks(self._columns, blocks) if len(blocks) > 1 else blocks[0]
         try:
-            await self._writer.run(lambda: self._writer.sink.insert(self.table, merged))
+            await self._writer.run(lambda: self._send(merged))
         except SinkError as exc:
             return exc
         return None
+
+    def _send(self, block: EncodedBlock) -> None:
+        """On the writer thread: sort (the C sort releases the GIL), then insert."""
+        self._writer.sink.insert(self.table, sort_block(self._sort, block))
 
     @staticmethod
     def _settle(batch: list[_Pending], error: SinkError | None) -> None:
@@ -372,7 +379,7 @@ class TableBatcher:
         delay = 0.1
         for attempt in range(1, self._limits.insert_attempts + 1):
             try:
-                await self._writer.run(lambda: self._writer.sink.insert(self.table, merged))
+                await self._writer.run(lambda: self._send(merged))
                 return None
             except SinkError as exc:
                 log.warning("insert of %d rows into %s failed (attempt %d/%d): %s",

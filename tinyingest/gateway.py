@@ -26,7 +26,7 @@ from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
 from tinyingest.idempotency import RecentRequests
 from tinyingest.block import EncodedBlock
-from tinyingest.native import encode_block
+from tinyingest.native import encode_block, sort_plan
 from tinyingest.pipes import (
     CompiledQuery,
     check_pipe,
@@ -198,7 +198,8 @@ class Gateway:
             csv_columns=writable,
             batcher=TableBatcher(self.writer, datasource.name, ndjson, limits,
                                  on_stored=self.spool.ack,
-                                 on_refused=functools.partial(self._refused, datasource)),
+                                 on_refused=functools.partial(self._refused, datasource),
+                                 sort=sort_plan(ndjson, datasource.engine.sorting_key)),
             quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
                                     on_stored=self.spool.ack),
             created_at=time.time(),

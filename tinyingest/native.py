@@ -58,8 +58,10 @@ ClickHouse refused (:func:`split_block`).
 from __future__ import annotations
 
 import array
+import re
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tinyingest.block import Block, ColumnData, EncodedBlock
@@ -90,6 +92,9 @@ __all__ = [
     "split_strings",
     "split_strings_py",
     "decode_rows",
+    "SortPlan",
+    "sort_plan",
+    "sort_block",
 ]
 
 
@@ -233,6 +238,12 @@ try:
 except ImportError:  # no compiled extension: the reference implementation
     split_strings = split_strings_py
 
+
+sort_columns: Callable[..., list[bytes] | None] | None
+try:
+    from tinyingest._native import sort_columns  # type: ignore[no-redef,import-not-found,unused-ignore]
+except ImportError:  # no compiled extension: inserts go unsorted (ClickHouse sorts them)
+    sort_columns = None
 
 strings_end: Callable[[bytes, int], int]
 try:
@@ -556,6 +567,79 @@ def split_block(block: EncodedBlock) -> tuple[EncodedBlock, EncodedBlock]:
 
 
 # -- batching: many requests' blocks -> one INSERT ------------------------------------
+
+
+# Sorting an insert by the table's sorting key (see ext/sort.pxi for why).
+_UNSIGNED = {TypeCode.UINT8, TypeCode.UINT16, TypeCode.UINT32, TypeCode.UINT64, TypeCode.DATE,
+             TypeCode.DATETIME, TypeCode.BOOL, TypeCode.IPV4}
+_SIGNED = {TypeCode.INT8, TypeCode.INT16, TypeCode.INT32, TypeCode.INT64, TypeCode.ENUM8,
+           TypeCode.ENUM16, TypeCode.DATE32, TypeCode.DATETIME64, TypeCode.DECIMAL32,
+           TypeCode.DECIMAL64}
+_KEY_ORDERS = {**{code: 0 for code in _UNSIGNED}, **{code: 1 for code in _SIGNED},
+               TypeCode.FLOAT32: 2, TypeCode.FLOAT64: 2,
+               TypeCode.STRING: 3, TypeCode.FIXED_STRING: 3}
+_KEY_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class SortPlan:
+    """How to sort a table's inserts: each column's payload layout (``_native``'s
+    ``LAYOUT_*``, value width, Nullable) and the key columns with their ``ORDER_*``."""
+
+    layouts: tuple[tuple[int, int, bool], ...]
+    keys: tuple[tuple[int, int], ...]
+
+
+def sort_plan(columns: Sequence[ColumnSpec], sorting_key: str | None) -> SortPlan | None:
+    """The plan for inserts of ``columns`` into a table ordered by ``sorting_key``; None
+    when it cannot be sorted here (an expression or a Nullable, 128-bit or UUID key, an
+    Array, Map or Tuple column, no compiled extension): ClickHouse then sorts.
+
+    >>> specs = [ColumnSpec.build("ts", "DateTime"), ColumnSpec.build("e", "LowCardinality(String)")]
+    >>> sort_plan(specs, "e, ts")
+    SortPlan(layouts=((0, 4, False), (2, 0, False)), keys=((1, 3), (0, 0)))
+    >>> sort_plan(specs, "toDate(ts)") is None
+    True
+    """
+    if sort_columns is None or not sorting_key:
+        return None
+    key = sorting_key.strip()
+    if key.startswith("(") and key.endswith(")"):
+        key = key[1:-1]
+    layouts: list[tuple[int, int, bool]] = []
+    for spec in columns:
+        if spec.array_depth or spec.is_map or spec.tuple_elements:
+            return None
+        width = spec.length if spec.type_code is TypeCode.FIXED_STRING \
+            else FIXED_WIDTH[spec.type_code]
+        layout = 2 if spec.low_cardinality else 1 if spec.type_code is TypeCode.STRING else 0
+        layouts.append((layout, width, spec.nullable))
+    positions = {spec.name: index for index, spec in enumerate(columns)}
+    keys: list[tuple[int, int]] = []
+    for item in key.split(","):
+        match = _KEY_NAME.fullmatch(item.strip())
+        name = (match.group(1) or match.group(2)) if match else None
+        if name not in positions:
+            return None  # an expression, or a column the rows do not carry
+        spec = columns[positions[name]]
+        order = _KEY_ORDERS.get(spec.type_code)
+        if order is None or spec.nullable:
+            return None
+        keys.append((positions[name], order))
+    return SortPlan(tuple(layouts), tuple(keys)) if keys else None
+
+
+def sort_block(plan: SortPlan | None, block: EncodedBlock) -> EncodedBlock:
+    """``block`` with its rows in the sorting key's order (itself when already in order
+    or when it cannot be sorted)."""
+    if plan is None or sort_columns is None:
+        return block
+    payloads = sort_columns(plan.layouts, plan.keys, block.payloads, block.num_rows)
+    if payloads is None:
+        return block
+    return EncodedBlock(names=block.names, types=block.types, num_rows=block.num_rows,
+                        payloads=tuple(payloads))
+
 
 
 def merge_blocks(columns: Sequence[ColumnSpec], blocks: Sequence[EncodedBlock]) -> EncodedBlock:
