@@ -5,13 +5,14 @@
 # server CPU unsorted, 0.18 s sorted). A batch merged from many requests is not sorted,
 # so sort_columns reorders its Native payloads here, where a radix sort of packed keys
 # costs little. Only an optimization: a batch it cannot sort (a key over 64 bits, a
-# Nullable or 128-bit key, an Array column) is sent as it is, and ClickHouse checks the
-# order anyway (a block out of order is sorted by the server, never stored unsorted).
+# Nullable or 128-bit key, an Array(Array), Map or Tuple column) is sent as it is, and
+# ClickHouse checks the order anyway (a block out of order is sorted by the server).
 
 cdef enum:
     LAYOUT_FIXED = 0     # fixed-width values (numbers, dates, FixedString(N), UUID, ...)
     LAYOUT_STRING = 1    # Native String payload (varint length + bytes)
     LAYOUT_LC = 2        # LowCardinality(T): T a String (width 0) or fixed width
+    LAYOUT_ARRAY = 3     # Array(T), T one of the above: LAYOUT_ARRAY + T's layout
 
 cdef enum:
     ORDER_UNSIGNED = 0   # little-endian unsigned integer of the column's width
@@ -32,6 +33,8 @@ cdef struct FlatColumn:
     int64_t* len
     Buf owned_values                # LowCardinality of fixed width: values materialized
     Buf owned_nulls                 # LowCardinality(Nullable): flags materialized
+    const unsigned char* ends       # Array: the rows' UInt64 end offsets (unaligned)
+    FlatColumn* elements            # Array: the elements, a column of their own
 
 
 cdef inline int read_u64(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
@@ -77,9 +80,10 @@ cdef int flat_strings(FlatColumn* col, const unsigned char* p, Py_ssize_t n,
 
 
 cdef int flat_low_cardinality(FlatColumn* col, const unsigned char* p, Py_ssize_t n,
-                              Py_ssize_t rows, bint nullable) noexcept nogil:
-    # The state prefix, then granules as our encoders and clickhouse-driver write them
-    # (each with its own dictionary: flags HasAdditionalKeys | NeedUpdateDictionary).
+                              Py_ssize_t rows, bint nullable, bint prefixed) noexcept nogil:
+    # The state prefix (unless an Array's, which precedes the offsets), then granules as
+    # our encoders and clickhouse-driver write them (each with its own dictionary: flags
+    # HasAdditionalKeys | NeedUpdateDictionary).
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t done = 0
     cdef Py_ssize_t i, entry_pos
@@ -89,7 +93,7 @@ cdef int flat_low_cardinality(FlatColumn* col, const unsigned char* p, Py_ssize_
     cdef int64_t* ent
     cdef int rc = -1
     memset(&entries, 0, sizeof(Buf))
-    if read_u64(p, n, &pos, &version) < 0 or version != 1:
+    if prefixed and (read_u64(p, n, &pos, &version) < 0 or version != 1):
         return -1
     if buf_reserve(&col.owned_nulls, rows) < 0 or \
             (col.width and buf_reserve(&col.owned_values, rows * col.width) < 0):
@@ -302,8 +306,8 @@ cdef int radix_sort(uint64_t* keys, uint32_t* perm, Py_ssize_t rows,
     return 0
 
 
-cdef int gather(FlatColumn* col, const unsigned char* payload, Py_ssize_t payload_len,
-                const uint32_t* perm, Py_ssize_t rows, Buf* out) noexcept nogil:
+cdef int gather(FlatColumn* col, const uint32_t* perm, Py_ssize_t rows,
+                Buf* out) noexcept nogil:
     # The column's payload with its rows in perm's order.
     cdef Py_ssize_t i, r
     cdef uint64_t length
@@ -313,7 +317,7 @@ cdef int gather(FlatColumn* col, const unsigned char* payload, Py_ssize_t payloa
     cdef int64_t end = 0
     cdef int rc
     if col.layout == LAYOUT_FIXED:
-        if buf_reserve(out, payload_len) < 0:
+        if buf_reserve(out, rows * (col.width + 1)) < 0:
             return -1
         if col.nulls != NULL:
             for i in range(rows):
@@ -325,7 +329,7 @@ cdef int gather(FlatColumn* col, const unsigned char* payload, Py_ssize_t payloa
         out.len += rows * col.width
         return 0
     if col.layout == LAYOUT_STRING:
-        if buf_reserve(out, payload_len) < 0:
+        if buf_reserve(out, rows) < 0:
             return -1
         if col.nulls != NULL:
             for i in range(rows):
@@ -345,6 +349,8 @@ cdef int gather(FlatColumn* col, const unsigned char* payload, Py_ssize_t payloa
             memcpy(out.ptr + out.len, col.base + col.off[r], <size_t>col.len[r])
             out.len += col.len[r]
         return 0
+    if col.elements != NULL:
+        return gather_arrays(col, perm, rows, out)
     # LowCardinality: the rows in order, encoded again as one granule.
     memset(&offsets, 0, sizeof(Buf))
     memset(&data, 0, sizeof(Buf))
@@ -447,7 +453,7 @@ def sort_columns(layouts, keys, payloads, Py_ssize_t rows):
             c = key_columns[k]
             order = key_orders[k]
             with nogil:
-                if cols[c].nullable:
+                if cols[c].nullable or cols[c].layout >= LAYOUT_ARRAY:
                     ok = False
                 elif order == ORDER_BYTES:
                     ok = bytes_ranks(&cols[c], rows, part, &bits) == 0
@@ -491,7 +497,7 @@ def sort_columns(layouts, keys, payloads, Py_ssize_t rows):
             memset(&out, 0, sizeof(Buf))
             try:
                 with nogil:
-                    ok = gather(&cols[c], ptrs[c], sizes[c], perm, rows, &out) == 0
+                    ok = gather(&cols[c], perm, rows, &out) == 0
                 if not ok:
                     raise MemoryError()
                 result.append(PyBytes_FromStringAndSize(out.ptr, out.len))
@@ -500,10 +506,7 @@ def sort_columns(layouts, keys, payloads, Py_ssize_t rows):
         return result
     finally:
         for c in range(ncols):
-            PyMem_RawFree(cols[c].off)
-            PyMem_RawFree(cols[c].len)
-            buf_free(&cols[c].owned_values)
-            buf_free(&cols[c].owned_nulls)
+            free_flat(&cols[c])
         PyMem_RawFree(cols)
         PyMem_RawFree(ptrs)
         PyMem_RawFree(sizes)
@@ -512,10 +515,93 @@ def sort_columns(layouts, keys, payloads, Py_ssize_t rows):
         PyMem_RawFree(perm)
 
 
+cdef inline uint64_t array_end(const FlatColumn* col, Py_ssize_t row) noexcept nogil:
+    cdef uint64_t end
+    if row < 0:
+        return 0
+    memcpy(&end, col.ends + row * 8, 8)
+    return end
+
+
+cdef int gather_arrays(FlatColumn* col, const uint32_t* perm, Py_ssize_t rows,
+                       Buf* out) noexcept nogil:
+    # [LowCardinality prefix], the rows' new end offsets, then the elements gathered.
+    cdef FlatColumn* elements = col.elements
+    cdef Py_ssize_t count = <Py_ssize_t>array_end(col, rows - 1)
+    cdef Py_ssize_t i, k = 0
+    cdef uint64_t start, stop, total = 0
+    cdef uint64_t version = 1
+    cdef uint32_t* element_perm
+    cdef Buf nested
+    cdef int rc
+    cdef Py_ssize_t skip = 0
+    if elements.layout == LAYOUT_LC and buf_append(out, <const char*>&version, 8) < 0:
+        return -1
+    if buf_reserve(out, rows * 8) < 0:
+        return -1
+    element_perm = <uint32_t*>PyMem_RawMalloc(<size_t>count * 4 + 4)
+    if element_perm == NULL:
+        return -1
+    for i in range(rows):
+        start = array_end(col, <Py_ssize_t>perm[i] - 1)
+        stop = array_end(col, perm[i])
+        total += stop - start
+        memcpy(out.ptr + out.len, &total, 8)
+        out.len += 8
+        while start < stop:
+            element_perm[k] = <uint32_t>start
+            k += 1
+            start += 1
+    rc = 0
+    if count:
+        memset(&nested, 0, sizeof(Buf))
+        rc = gather(elements, element_perm, count, &nested)
+        # A LowCardinality granule without its prefix: that went before the offsets.
+        skip = 8 if elements.layout == LAYOUT_LC else 0
+        if rc == 0 and buf_append(out, nested.ptr + skip, nested.len - skip) < 0:
+            rc = -1
+        buf_free(&nested)
+    PyMem_RawFree(element_perm)
+    return rc
+
+
 cdef bint flat_column(FlatColumn* col, const unsigned char* p, Py_ssize_t n,
                       Py_ssize_t rows) noexcept nogil:
     # Readable rows from a column's payload; False if it does not hold rows of its layout.
-    cdef Py_ssize_t skip = rows if col.nullable and col.layout != LAYOUT_LC else 0
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t i, skip
+    cdef uint64_t count = 0, end
+    if col.layout >= LAYOUT_ARRAY:
+        col.elements = <FlatColumn*>PyMem_RawMalloc(sizeof(FlatColumn))
+        if col.elements == NULL:
+            return False
+        memset(col.elements, 0, sizeof(FlatColumn))
+        col.elements.layout = col.layout - LAYOUT_ARRAY
+        col.elements.width = col.width
+        col.elements.nullable = col.nullable
+        if col.elements.layout == LAYOUT_LC:
+            pos = 8     # the elements' LowCardinality prefix comes first
+            if n < 8:
+                return False
+            memcpy(&end, p, 8)
+            if end != 1:
+                return False
+        if n < pos + rows * 8:
+            return False
+        col.ends = p + pos
+        for i in range(rows):
+            end = array_end(col, i)
+            if end < count or end > <uint64_t>n:   # every element takes a byte at least
+                return False
+            count = end
+        pos += rows * 8
+        if count == 0:
+            return pos == n
+        if col.elements.layout == LAYOUT_LC:
+            return alloc_strings(col.elements, <Py_ssize_t>count) and flat_low_cardinality(
+                col.elements, p + pos, n - pos, <Py_ssize_t>count, col.nullable, False) == 0
+        return flat_column(col.elements, p + pos, n - pos, <Py_ssize_t>count)
+    skip = rows if col.nullable and col.layout != LAYOUT_LC else 0
     if skip:
         if n < skip:
             return False
@@ -525,10 +611,24 @@ cdef bint flat_column(FlatColumn* col, const unsigned char* p, Py_ssize_t n,
             return False
         col.values = p + skip
         return True
-    col.off = <int64_t*>PyMem_RawMalloc(<size_t>rows * 8)
-    col.len = <int64_t*>PyMem_RawMalloc(<size_t>rows * 8)
-    if col.off == NULL or col.len == NULL:
+    if not alloc_strings(col, rows):
         return False
     if col.layout == LAYOUT_STRING:
         return flat_strings(col, p + skip, n - skip, rows) == 0
-    return flat_low_cardinality(col, p, n, rows, col.nullable) == 0
+    return flat_low_cardinality(col, p, n, rows, col.nullable, True) == 0
+
+
+cdef bint alloc_strings(FlatColumn* col, Py_ssize_t rows) noexcept nogil:
+    col.off = <int64_t*>PyMem_RawMalloc(<size_t>rows * 8 + 8)
+    col.len = <int64_t*>PyMem_RawMalloc(<size_t>rows * 8 + 8)
+    return col.off != NULL and col.len != NULL
+
+
+cdef void free_flat(FlatColumn* col) noexcept nogil:
+    PyMem_RawFree(col.off)
+    PyMem_RawFree(col.len)
+    buf_free(&col.owned_values)
+    buf_free(&col.owned_nulls)
+    if col.elements != NULL:
+        free_flat(col.elements)
+        PyMem_RawFree(col.elements)

@@ -157,8 +157,9 @@ def sort_columns(layouts: Sequence[tuple[int, int, bool]], keys: Sequence[tuple[
     64 bits once packed, a Nullable key, a malformed payload). No Python twin: sorting is
     an optimization, and without it ClickHouse sorts (:func:`tinyingest.native.sort_plan`).
 
-    :param layouts: per column (layout: 0 fixed width, 1 String, 2 LowCardinality; the
-        value width, 0 for strings; Nullable).
+    :param layouts: per column (layout: 0 fixed width, 1 String, 2 LowCardinality,
+        3 + one of those for an Array of it; the value width, 0 for strings; Nullable:
+        these two describe an Array's elements).
     :param keys: (column, order: 0 unsigned, 1 signed, 2 float, 3 bytes), most
         significant first.
     """

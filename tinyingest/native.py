@@ -592,8 +592,9 @@ class SortPlan:
 
 def sort_plan(columns: Sequence[ColumnSpec], sorting_key: str | None) -> SortPlan | None:
     """The plan for inserts of ``columns`` into a table ordered by ``sorting_key``; None
-    when it cannot be sorted here (an expression or a Nullable, 128-bit or UUID key, an
-    Array, Map or Tuple column, no compiled extension): ClickHouse then sorts.
+    when it cannot be sorted here (an expression or a Nullable, 128-bit, UUID or Array
+    key, an Array(Array), Map or Tuple column, no compiled extension): ClickHouse then
+    sorts.
 
     >>> specs = [ColumnSpec.build("ts", "DateTime"), ColumnSpec.build("e", "LowCardinality(String)")]
     >>> sort_plan(specs, "e, ts")
@@ -608,12 +609,13 @@ def sort_plan(columns: Sequence[ColumnSpec], sorting_key: str | None) -> SortPla
         key = key[1:-1]
     layouts: list[tuple[int, int, bool]] = []
     for spec in columns:
-        if spec.array_depth or spec.is_map or spec.tuple_elements:
+        if spec.array_depth > 1 or spec.is_map or spec.tuple_elements:
             return None
         width = spec.length if spec.type_code is TypeCode.FIXED_STRING \
             else FIXED_WIDTH[spec.type_code]
         layout = 2 if spec.low_cardinality else 1 if spec.type_code is TypeCode.STRING else 0
-        layouts.append((layout, width, spec.nullable))
+        # Array(T): 3 + T's layout (width and Nullable describe the elements).
+        layouts.append((layout + 3 * spec.array_depth, width, spec.nullable))
     positions = {spec.name: index for index, spec in enumerate(columns)}
     keys: list[tuple[int, int]] = []
     for item in key.split(","):
@@ -623,7 +625,7 @@ def sort_plan(columns: Sequence[ColumnSpec], sorting_key: str | None) -> SortPla
             return None  # an expression, or a column the rows do not carry
         spec = columns[positions[name]]
         order = _KEY_ORDERS.get(spec.type_code)
-        if order is None or spec.nullable:
+        if order is None or spec.nullable or spec.array_depth:
             return None
         keys.append((positions[name], order))
     return SortPlan(tuple(layouts), tuple(keys)) if keys else None
