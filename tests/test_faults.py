@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_gateway
+from conftest import GATEWAY_ENV, PROJECT_DIR, start_gateway
 from gatewayclient import call, sql
 from tinyingest.testing import ClickHouseServer, GatewayProcess
 
@@ -206,6 +206,30 @@ def test_hung_clickhouse_times_out_and_recovers(private_server: ClickHouseServer
           f"lost {len(acked - stored)}, duplicates {count - len(stored)}")
     assert 503 in waited.statuses  # a timeout, not a hang
     assert not acked - stored
+
+
+def test_gateway_waits_for_a_clickhouse_that_does_not_answer_yet(
+        private_server: ClickHouseServer, tmp_path: Path) -> None:
+    """Started while ClickHouse hangs (a server still starting, or starved): the gateway
+    retries creating its tables instead of exiting, and serves once ClickHouse answers."""
+    gateway = GatewayProcess(PROJECT_DIR, str(tmp_path), clickhouse_url=private_server.url,
+                             env={**GATEWAY_ENV, "TINYINGEST_CLICKHOUSE_TIMEOUT": "1"})
+    private_server.pause()
+    resume = threading.Timer(3.0, private_server.resume)
+    resume.start()
+    try:
+        gateway.start()
+    finally:
+        resume.join()
+        private_server.resume()
+    try:
+        assert "not answering yet" in gateway.log_tail()
+        response = call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                        body=b'{"id": 1, "tag": "waited"}\n')
+        assert response.status == 200, response.body
+        assert sql(gateway, "SELECT count() AS n FROM events WHERE tag = 'waited'") == [{"n": 1}]
+    finally:
+        assert gateway.stop() == 0
 
 
 def test_rows_clickhouse_refuses_go_to_quarantine(private_server: ClickHouseServer,

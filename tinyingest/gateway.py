@@ -20,7 +20,7 @@ from typing import Any
 
 from tinyingest import ddl, metrics, parser
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
-from tinyingest.batcher import ReaderPool, TableBatcher, Writer
+from tinyingest.batcher import ReaderPool, TableBatcher, Writer, is_transient
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
@@ -85,6 +85,10 @@ def _create_error(datasource: DataSource, error: SinkError) -> str:
     return message
 
 
+#: Seconds a starting gateway waits for a ClickHouse that does not answer.
+STARTUP_WAIT = 30.0
+
+
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
                  spool_dir: str = "spool", readers: Sequence[Sink] = ()) -> None:
@@ -113,13 +117,23 @@ class Gateway:
         await self.close()
 
     async def start(self) -> None:
-        """Create every data source's tables (idempotent), then replay the spool."""
+        """Create every data source's tables (idempotent), then replay the spool.
+
+        A ClickHouse that does not answer yet (still starting, or busy) is waited for, up
+        to :data:`STARTUP_WAIT` seconds; a table it refuses stops the start at once.
+        """
         database = self.sink.database
+        deadline = time.monotonic() + STARTUP_WAIT
         for datasource in self.project.datasources.values():
-            try:
-                await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
-            except SinkError as exc:
-                raise StartupError(_create_error(datasource, exc)) from exc
+            while True:
+                try:
+                    await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
+                    break
+                except SinkError as exc:
+                    if not is_transient(exc) or time.monotonic() > deadline:
+                        raise StartupError(_create_error(datasource, exc)) from exc
+                    log.warning("ClickHouse is not answering yet (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
             self.tables[datasource.name] = self._table(datasource)
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
