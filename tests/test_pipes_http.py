@@ -114,6 +114,26 @@ def test_sql_reads_pipes_as_tables_and_honours_format(gateway: GatewayProcess, t
     assert raw.json()["data"] == [{"one": 1}]
 
 
+def test_pipe_row_cap_is_an_error_naming_the_cap(gateway: GatewayProcess, tag: str) -> None:
+    # events_capped.pipe: QUERY_MAX_ROWS 3; the tag has five rows.
+    response = call(gateway, "GET", "/v0/pipes/events_capped.json", params={"label": tag})
+    assert response.status == 400
+    error = response.json()["error"]
+    assert "more than 3 rows" in error
+    assert "QUERY_MAX_ROWS of pipe 'events_capped'" in error
+    for output in ("csv", "ndjson"):  # never a truncated body
+        assert call(gateway, "GET", f"/v0/pipes/events_capped.{output}",
+                    params={"label": tag}).status == 400
+    response = call(gateway, "GET", "/v0/pipes/events_capped.json",
+                    params={"label": tag, "limit": "3"})
+    assert response.status == 200, response.body
+    assert [row["id"] for row in response.json()["data"]] == [0, 1, 2]
+    # The cap is the pipe's own: /v0/sql and the other pipes keep the global one.
+    assert len(sql(gateway, f"SELECT id FROM events WHERE tag = '{tag}'")) == 5
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params={"label": tag})
+    assert response.json()["rows"] == 5
+
+
 @pytest.mark.parametrize("q", ["SELECT * FROM system.users", "SELECT * FROM numbers(10)",
                                "SELECT 1; DROP TABLE events", "DROP TABLE events"])
 def test_sql_refuses_other_tables_and_statements(gateway: GatewayProcess, q: str) -> None:
@@ -158,6 +178,15 @@ def test_runaway_query_stops_at_the_timeout_with_408(slow_query_gateway: Gateway
     response = call(slow_query_gateway, "GET", "/v0/sql", params={"q": RUNAWAY})
     assert response.status == 408
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("slow_query_gateway", [60], indirect=True, ids=["timeout-60s"])
+def test_pipe_timeout_overrides_the_global_one(slow_query_gateway: GatewayProcess) -> None:
+    # events_capped.pipe: QUERY_TIMEOUT 1, on a gateway whose own limit is 60 s.
+    response = call(slow_query_gateway, "GET", "/v0/pipes/events_capped.json",
+                    params={"label": "big", "slow": "1", "limit": "2"})
+    assert response.status == 408, response.body
+    assert "QUERY_TIMEOUT of pipe 'events_capped'" in response.json()["error"]
 
 
 @pytest.mark.parametrize("slow_query_gateway", [60], indirect=True, ids=["timeout-60s"])

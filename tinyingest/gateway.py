@@ -8,6 +8,7 @@ out to the data source's batcher and bad rows to its quarantine batcher.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -66,6 +67,17 @@ class Table:
     #: NDJSON parsers that finished a body, reused: building one costs more than a tiny
     #: request's parsing (CSV parsers keep a body's header, so they are not reused).
     idle_parsers: list[parser.Parser] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """What one endpoint or ``/v0/sql`` query may take, and where each limit is set
+    (named in the error when a query hits it)."""
+
+    timeout: float
+    max_rows: int
+    timeout_origin: str = "TINYINGEST_QUERY_TIMEOUT"
+    max_rows_origin: str = "TINYINGEST_QUERY_MAX_ROWS"
 
 
 class StartupError(Exception):
@@ -204,14 +216,28 @@ class Gateway:
             created_at=time.time(),
         )
 
-    async def query(self, sql: str, *, query_id: str | None = None,
+    def query_limits(self, pipe: Pipe | None = None) -> QueryLimits:
+        """The limits of ``pipe``'s endpoint (its ``QUERY_MAX_ROWS`` / ``QUERY_TIMEOUT``
+        where set), or of ``/v0/sql`` (None)."""
+        limits = QueryLimits(self.settings.query_timeout, self.settings.query_max_rows)
+        if pipe is None:
+            return limits
+        where = f"of pipe '{pipe.name}' ({pipe.path or pipe.name})"
+        if pipe.query_timeout is not None:
+            limits = dataclasses.replace(limits, timeout=pipe.query_timeout,
+                                         timeout_origin=f"QUERY_TIMEOUT {where}")
+        if pipe.query_max_rows is not None:
+            limits = dataclasses.replace(limits, max_rows=pipe.query_max_rows,
+                                         max_rows_origin=f"QUERY_MAX_ROWS {where}")
+        return limits
+
+    async def query(self, sql: str, limits: QueryLimits, *, query_id: str | None = None,
                     settings: dict[str, Any] | None = None) -> QueryResult:
-        """A read-only SELECT under the query time and result-row limits."""
-        limits = self.settings
+        """A read-only SELECT under ``limits``."""
 
         def run(sink: Sink) -> QueryResult:
-            return sink.query(sql, readonly=True, max_execution_time=limits.query_timeout,
-                              max_result_rows=limits.query_max_rows, query_id=query_id,
+            return sink.query(sql, readonly=True, max_execution_time=limits.timeout,
+                              max_result_rows=limits.max_rows, query_id=query_id,
                               settings=settings)
         if self.readers is not None:
             return await self.readers.run(run)

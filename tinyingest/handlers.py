@@ -37,7 +37,7 @@ from tinyingest.auth import (
 )
 from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
-from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
+from tinyingest.gateway import Gateway, Ingest, QueryLimits, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, datasource_columns, pipe_parameters
@@ -488,16 +488,21 @@ class QueryHandler(BaseHandler):
         return {name: values[0] if len(values) == 1 else values
                 for name, values in merged.items()}
 
-    async def run_query(self, compiled: CompiledQuery, sql: str, output: str) -> None:
+    async def run_query(self, compiled: CompiledQuery, sql: str, output: str,
+                        limits: QueryLimits) -> None:
         self._query_id = f"{_QUERY_ID_PREFIX}-{next(_query_numbers)}"
         try:
-            result = await self.gateway.query(sql, query_id=self._query_id,
+            result = await self.gateway.query(sql, limits, query_id=self._query_id,
                                               settings=compiled.settings)
         except SinkError as error:
             if error.code == 159:  # TIMEOUT_EXCEEDED
-                raise APIError(408, f"query timeout: {error}") from None
-            if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES
-                raise APIError(400, f"result too large: {error}") from None
+                raise APIError(408, f"query timeout: the query ran longer than {limits.timeout:g}"
+                                    f" s, the limit set by {limits.timeout_origin} "
+                                    f"({error})") from None
+            if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES: only max_result_rows is set
+                raise APIError(400, f"result too large: more than {limits.max_rows} rows, the "
+                                    f"limit set by {limits.max_rows_origin}; filter or add a "
+                                    f"LIMIT ({error})") from None
             raise APIError(400, str(error)) from None
         finally:
             self._query_id = None
@@ -578,7 +583,7 @@ class SQLHandler(QueryHandler):
                                     "CSVWithNames or JSONEachRow")
             sql = sql[: match.start()]
         compiled = self.gateway.compile_sql(sql, params, token)
-        await self.run_query(compiled, compiled.sql, output)
+        await self.run_query(compiled, compiled.sql, output, self.gateway.query_limits())
 
 
 def query_json(result: QueryResult) -> dict[str, Any]:
@@ -622,7 +627,7 @@ class PipeDataHandler(QueryHandler):
                           self.gateway.readable_tables(token), row_filters=token.filters,
                           columns=datasource_columns(
                               t.datasource for t in self.gateway.tables.values()))
-        await self.run_query(compiled, sql, output)
+        await self.run_query(compiled, sql, output, self.gateway.query_limits(pipe))
 
 
 def pipe_json(pipe: Pipe) -> dict[str, Any]:
