@@ -28,17 +28,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tinyingest.block import EncodedBlock
 from tinyingest.native import merge_blocks, split_block
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.spool import RecordId
+
+if TYPE_CHECKING:
+    from tinyingest.sinks.clickhouse import ClickHouseSink
 
 log = logging.getLogger("tinyingest.batcher")
 
@@ -94,30 +96,26 @@ class Writer:
 
 
 class ReaderPool:
-    """Queries run here, beside the writer, so a slow query never holds up inserts.
+    """Connections of their own for queries, so a slow query never holds up inserts.
 
-    One thread per sink (each sink is one connection); a call takes a free sink.
+    Queries run on the event loop (:meth:`ClickHouseSink.query_async`); a query takes a
+    free connection, waiting while all are busy.
     """
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
-        self._free: queue.SimpleQueue[Sink] = queue.SimpleQueue()
-        for sink in sinks:
-            self._free.put(sink)
+    def __init__(self, sinks: Sequence[ClickHouseSink]) -> None:
         self._sinks = list(sinks)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(sinks), thread_name_prefix="tinyingest-reader")
+        self._free: asyncio.Queue[ClickHouseSink] = asyncio.Queue()
+        for sink in sinks:
+            self._free.put_nowait(sink)
 
-    async def run(self, call: Callable[[Sink], T]) -> T:
-        def with_sink() -> T:
-            sink = self._free.get()
-            try:
-                return call(sink)
-            finally:
-                self._free.put(sink)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, with_sink)
+    async def run(self, call: Callable[[ClickHouseSink], Awaitable[T]]) -> T:
+        sink = await self._free.get()
+        try:
+            return await call(sink)
+        finally:
+            self._free.put_nowait(sink)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
         for sink in self._sinks:
             sink.close()
 

@@ -20,6 +20,8 @@ servers (Debian's 18.16, revision 54412) and current ones (custom-serialization 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 import time
 from typing import Any
@@ -27,7 +29,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_driver import Client, defines, errors
 from clickhouse_driver.block import RowOrientedBlock
-from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.bufferedreader import CompressedBufferedReader
+from clickhouse_driver.clientinfo import ClientInfo
+from clickhouse_driver.protocol import ClientPacketTypes, Compression, ServerPacketTypes
+from clickhouse_driver.queryprocessingstage import QueryProcessingStage
+from clickhouse_driver.settings.writer import SettingsFlags, write_settings
+from clickhouse_driver.streams.native import BlockInputStream
+from clickhouse_driver.writer import write_binary_str
+from clickhouse_driver.varint import write_varint
 
 from tinyingest.block import EncodedBlock
 from tinyingest.native import binary_str, varint
@@ -70,6 +79,12 @@ _PING_AFTER_IDLE = 5.0
 
 # BlockInfo: field 1 is_overflows = 0, field 2 bucket_num = -1, then 0 (end of fields).
 _BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
+
+#: An answer to :meth:`ClickHouseSink.query_async` is parsed on the event loop while this
+#: much of it is pending; a larger one is read on a thread (each new chunk would make the
+#: loop parse the pending bytes again).
+_LOOP_ANSWER_BYTES = 256 * 1024
+_RECV_BYTES = 64 * 1024
 
 
 class ClickHouseSink:
@@ -133,6 +148,7 @@ class ClickHouseSink:
             settings=self._settings,
         )
         self._last_used = 0.0
+        self._client_info: ClientInfo | None = None
         self._driver_force_connect = self._client.connection.force_connect
         self._client.connection.force_connect = self._force_connect
 
@@ -221,6 +237,110 @@ class ClickHouseSink:
             rows_before_limit=rows_before_limit,
         )
 
+    async def query_async(
+        self,
+        sql: str,
+        *,
+        max_execution_time: float = 10.0,
+        max_result_rows: int = 0,
+        query_id: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> QueryResult:
+        """:meth:`query` (read-only) on the running event loop, for endpoint queries.
+
+        A query round trip on a thread costs two thread switches and the GIL passed back
+        and forth on top of the exchange; here the packet is written and the answer read
+        with the loop's non-blocking socket calls, and decoded by clickhouse-driver's own
+        readers. Connecting (and pinging an idle connection) still runs on a thread, and
+        an answer larger than :data:`_LOOP_ANSWER_BYTES` is read on one. Not concurrent:
+        one query at a time per sink.
+
+        :raises SinkError: as :meth:`query`.
+        """
+        loop = asyncio.get_running_loop()
+        connection = self._client.connection
+        if not connection.connected or time.monotonic() - self._last_used >= _PING_AFTER_IDLE:
+            with self._errors():
+                await loop.run_in_executor(None, self._force_connect)
+        self._last_used = time.monotonic()
+        limits = dict(settings or {})
+        if max_execution_time > 0:
+            limits["max_execution_time"] = max(1, int(-(-max_execution_time // 1)))
+        if max_result_rows > 0:
+            limits["max_result_rows"] = max_result_rows
+            limits["result_overflow_mode"] = "throw"
+        limits["readonly"] = 1  # last: the limits above are applied before it
+        sock = connection.socket
+        answer = _Answer(connection)
+        start = time.monotonic()
+        try:
+            sock.setblocking(False)
+            # Past ClickHouse's own limit plus the usual silence allowed, the server is gone.
+            async with asyncio.timeout(max_execution_time + connection.send_receive_timeout):
+                await loop.sock_sendall(sock, self._query_packet(sql, query_id, limits))
+                while not answer.done:
+                    if len(answer.pending) > _LOOP_ANSWER_BYTES:
+                        sock.settimeout(connection.send_receive_timeout)
+                        await loop.run_in_executor(None, answer.read_rest, sock)
+                        break
+                    data = await loop.sock_recv(sock, _RECV_BYTES)
+                    if not data:
+                        raise EOFError("ClickHouse closed the connection")
+                    answer.feed(data)
+        except BaseException as exc:
+            # Half an exchange leaves the connection unusable; the next query reconnects.
+            self._client.disconnect()
+            if isinstance(exc, errors.ServerException):
+                raise SinkError(_server_message(exc), exc.code) from exc
+            if isinstance(exc, (errors.Error, OSError, EOFError, TimeoutError)):
+                raise SinkError(f"ClickHouse connection failed: {exc!r}", None) from exc
+            raise
+        if connection.connected:
+            sock.settimeout(connection.send_receive_timeout)
+        return QueryResult(
+            meta=answer.meta,
+            rows=answer.rows,
+            rows_read=answer.rows_read,
+            bytes_read=answer.bytes_read,
+            elapsed=time.monotonic() - start,
+            rows_before_limit=answer.rows_before_limit,
+        )
+
+    def _query_packet(self, sql: str, query_id: str | None, settings: dict[str, Any]) -> bytes:
+        """A Query packet and the empty Data block that ends it (no external tables), as
+        ``Connection.send_query`` and ``send_external_tables`` write them, in one buffer:
+        one send."""
+        connection = self._client.connection
+        revision = connection.server_info.used_revision
+        out = io.BytesIO()
+        write_varint(ClientPacketTypes.QUERY, out)
+        write_binary_str(query_id or "", out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_CLIENT_INFO:
+            if self._client_info is None:
+                # The driver builds one per query, looking the OS user up each time.
+                self._client_info = ClientInfo(connection.client_name, connection.context,
+                                               client_revision=connection.client_revision)
+                self._client_info.query_kind = ClientInfo.QueryKind.INITIAL_QUERY
+            self._client_info.initial_query_start_time_microseconds = int(time.time() * 1e6)
+            self._client_info.write(revision, out)
+        as_strings = revision >= defines.DBMS_MIN_REVISION_WITH_SETTINGS_SERIALIZED_AS_STRINGS
+        write_settings({**self._settings, **settings}, out, as_strings,
+                       SettingsFlags.IMPORTANT if connection.settings_is_important else 0)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_INTERSERVER_SECRET:
+            write_binary_str("", out)
+        write_varint(QueryProcessingStage.COMPLETE, out)
+        write_varint(Compression.DISABLED, out)
+        write_binary_str(sql, out)
+        if revision >= defines.DBMS_MIN_PROTOCOL_VERSION_WITH_PARAMETERS:
+            write_settings({}, out, True, SettingsFlags.CUSTOM)
+        write_varint(ClientPacketTypes.DATA, out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+            write_binary_str("", out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
+            out.write(_BLOCK_INFO)
+        out.write(b"\x00\x00")  # no columns, no rows
+        return out.getvalue()
+
     def cancel(self, query_id: str) -> None:
         """Stop a running query (its client went away), from a connection of its own."""
         client = Client(host=self.host, port=self.port, user=self._client.connection.user,
@@ -301,6 +421,75 @@ class ClickHouseSink:
 
     def _errors(self) -> _ErrorMapper:
         return _ErrorMapper(self._client)
+
+
+class _Answer:
+    """The packets answering one query, decoded as the bytes arrive (see
+    :meth:`ClickHouseSink.query_async`)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self.pending = b""  # received, not yet decoded: the start of an incomplete packet
+        self.done = False
+        self.meta: list[tuple[str, str]] = []
+        self.rows: list[tuple[Any, ...]] = []
+        self.rows_read = self.bytes_read = self.rows_before_limit = 0
+
+    def feed(self, data: bytes) -> None:
+        """Decode every complete packet of what arrived so far."""
+        self.pending += data
+        chunks = [self.pending]
+        reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"",
+                                          len(self.pending))
+        consumed = 0
+        try:
+            while not self.done and consumed < len(self.pending):
+                self._packet(reader)
+                consumed = reader.position
+        except EOFError:
+            pass  # the rest of that packet is still on its way
+        self.pending = self.pending[consumed:]
+
+    def read_rest(self, sock: Any) -> None:
+        """The rest of a large answer with blocking reads (on a thread)."""
+        chunks = [self.pending]
+
+        def read_block() -> bytes:
+            if chunks:
+                return chunks.pop()
+            data: bytes = sock.recv(1 << 20)
+            if not data:
+                raise EOFError("ClickHouse closed the connection")
+            return data
+
+        reader = CompressedBufferedReader(read_block, 1 << 20)
+        while not self.done:
+            self._packet(reader)
+
+    def _packet(self, reader: Any) -> None:
+        # The driver's own packet reader, pointed at our bytes.
+        connection = self._connection
+        connection.fin = reader
+        connection.block_in = connection.block_in_raw = BlockInputStream(reader,
+                                                                          connection.context)
+        packet = connection.receive_packet()
+        kind = packet.type
+        if kind == ServerPacketTypes.DATA:
+            block = packet.block
+            if not self.meta and block.columns_with_types:
+                self.meta = [(str(name), str(ch_type))
+                             for name, ch_type in block.columns_with_types]
+            if block.num_rows:
+                self.rows.extend(tuple(row) for row in block.get_rows())
+        elif kind == ServerPacketTypes.EXCEPTION:
+            raise packet.exception
+        elif kind == ServerPacketTypes.PROGRESS:
+            self.rows_read += int(packet.progress.rows)
+            self.bytes_read += int(packet.progress.bytes)
+        elif kind == ServerPacketTypes.PROFILE_INFO:
+            self.rows_before_limit = int(packet.profile_info.rows_before_limit or 0)
+        elif kind == ServerPacketTypes.END_OF_STREAM:
+            self.done = True
 
 
 class _ErrorMapper:
