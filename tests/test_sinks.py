@@ -252,6 +252,8 @@ def test_query_async_answers_as_query_does(clickhouse_server: ClickHouseServer, 
         got = asyncio.run(sink.query_async(sql, max_result_rows=1_000_000))
         assert (got.meta, got.rows) == (expected.meta, expected.rows)
         assert got.rows_read == expected.rows_read
+        # The connection is left as the driver expects it (pings, inserts, queries).
+        assert sink.query(sql, max_result_rows=1_000_000).rows == expected.rows
     finally:
         sink.close()
 

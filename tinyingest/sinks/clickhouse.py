@@ -273,10 +273,12 @@ class ClickHouseSink:
         sock = connection.socket
         answer = _Answer(connection)
         start = time.monotonic()
+        # Past ClickHouse's own limit plus the silence allowed, the server is gone.
+        deadline = max_execution_time + connection.send_receive_timeout \
+            if max_execution_time > 0 else None
         try:
             sock.setblocking(False)
-            # Past ClickHouse's own limit plus the usual silence allowed, the server is gone.
-            async with asyncio.timeout(max_execution_time + connection.send_receive_timeout):
+            async with asyncio.timeout(deadline):
                 await loop.sock_sendall(sock, self._query_packet(sql, query_id, limits))
                 while not answer.done:
                     if len(answer.pending) > _LOOP_ANSWER_BYTES:
@@ -289,14 +291,15 @@ class ClickHouseSink:
                     answer.feed(data)
         except BaseException as exc:
             # Half an exchange leaves the connection unusable; the next query reconnects.
+            answer.restore()
             self._client.disconnect()
             if isinstance(exc, errors.ServerException):
                 raise SinkError(_server_message(exc), exc.code) from exc
             if isinstance(exc, (errors.Error, OSError, EOFError, TimeoutError)):
                 raise SinkError(f"ClickHouse connection failed: {exc!r}", None) from exc
             raise
-        if connection.connected:
-            sock.settimeout(connection.send_receive_timeout)
+        answer.restore()
+        sock.settimeout(connection.send_receive_timeout)
         return QueryResult(
             meta=answer.meta,
             rows=answer.rows,
@@ -429,11 +432,24 @@ class _Answer:
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
+        # The driver's socket readers, pointed at our bytes while we decode (restore()).
+        self._driver_readers = (connection.fin, connection.block_in, connection.block_in_raw)
         self.pending = b""  # received, not yet decoded: the start of an incomplete packet
         self.done = False
         self.meta: list[tuple[str, str]] = []
         self.rows: list[tuple[Any, ...]] = []
         self.rows_read = self.bytes_read = self.rows_before_limit = 0
+
+    def restore(self) -> None:
+        """Give the connection its socket readers back."""
+        connection = self._connection
+        connection.fin, connection.block_in, connection.block_in_raw = self._driver_readers
+
+    def _read_from(self, reader: Any) -> None:
+        connection = self._connection
+        connection.fin = reader
+        connection.block_in = connection.block_in_raw = BlockInputStream(reader,
+                                                                          connection.context)
 
     def feed(self, data: bytes) -> None:
         """Decode every complete packet of what arrived so far."""
@@ -441,10 +457,11 @@ class _Answer:
         chunks = [self.pending]
         reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"",
                                           len(self.pending))
+        self._read_from(reader)
         consumed = 0
         try:
             while not self.done and consumed < len(self.pending):
-                self._packet(reader)
+                self._packet()
                 consumed = reader.position
         except EOFError:
             pass  # the rest of that packet is still on its way
@@ -463,16 +480,12 @@ class _Answer:
             return data
 
         reader = CompressedBufferedReader(read_block, 1 << 20)
+        self._read_from(reader)
         while not self.done:
-            self._packet(reader)
+            self._packet()
 
-    def _packet(self, reader: Any) -> None:
-        # The driver's own packet reader, pointed at our bytes.
-        connection = self._connection
-        connection.fin = reader
-        connection.block_in = connection.block_in_raw = BlockInputStream(reader,
-                                                                          connection.context)
-        packet = connection.receive_packet()
+    def _packet(self) -> None:
+        packet = self._connection.receive_packet()
         kind = packet.type
         if kind == ServerPacketTypes.DATA:
             block = packet.block
