@@ -110,6 +110,10 @@ class Gateway:
         self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
+        #: Table -> column names (data sources and quarantines), and everything a published
+        #: pipe may read: both fixed once start() has created the tables.
+        self.table_columns: dict[str, tuple[str, ...]] = {}
+        self._all_tables: frozenset[str] = frozenset()
         self.recent_requests = RecentRequests()
         self.draining = False  # SIGTERM received: new ingest requests get 503
         self.active_requests = 0  # ingest requests being received or answered
@@ -134,6 +138,8 @@ class Gateway:
             except SinkError as exc:
                 raise StartupError(_create_error(datasource, exc)) from exc
             self.tables[datasource.name] = self._table(datasource)
+        self.table_columns = datasource_columns(t.datasource for t in self.tables.values())
+        self._all_tables = frozenset(self.readable_tables(None))
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
         await self.writer.run(lambda: self._create_views(database))
@@ -255,6 +261,8 @@ class Gateway:
         """The data sources (and their quarantines) ``token`` may read; None: all, as a
         published pipe reads whatever its SQL names. A data source the token reads
         through a row filter (JWT) comes without its quarantine."""
+        if token is None and self._all_tables:
+            return set(self._all_tables)
         names = set(self.tables) if token is None or token.is_admin else \
             token.resources(DATASOURCES_READ) & set(self.tables)
         filtered = token.filters if token is not None else {}
@@ -270,19 +278,16 @@ class Gateway:
                  if token.can(PIPES_READ, name)}
         adhoc = Pipe("_sql", "", (Node("_sql", q),))
         return compile_node(adhoc, "_sql", params, self.readable_tables(token) | set(pipes),
-                            pipes=pipes, pipe_tables=self.readable_tables(None),
-                            columns=datasource_columns(t.datasource
-                                                       for t in self.tables.values()),
+                            pipes=pipes, pipe_tables=self._all_tables,
+                            columns=self.table_columns,
                             row_filters=token.filters, fixed_params=token.fixed_params)
 
     def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]],
                      token: Token | None = None) -> CompiledQuery:
         """A pipe's endpoint, with ``token``'s fixed parameters (JWT) over ``params``;
         ``column()`` & co name only columns of the data sources."""
-        return compile_endpoint(pipe, params, self.readable_tables(None),
-                                pipes=self.project.pipes,
-                                columns=datasource_columns(t.datasource
-                                                           for t in self.tables.values()),
+        return compile_endpoint(pipe, params, self._all_tables, pipes=self.project.pipes,
+                                columns=self.table_columns,
                                 fixed_params=token.fixed_params if token is not None else None)
 
     def _create_views(self, database: str) -> None:

@@ -40,7 +40,7 @@ from tinyingest.decompress import BodyError, Decoder, make_decoder
 from tinyingest.gateway import Gateway, Ingest, QueryLimits, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
-from tinyingest.pipes import CompiledQuery, apply_q, datasource_columns, pipe_parameters
+from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
 from tinyingest.template import TemplateError
@@ -636,8 +636,7 @@ class PipeDataHandler(QueryHandler):
             # q is the caller's own SQL: it reads only what the token may read.
             sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
                           self.gateway.readable_tables(token), row_filters=token.filters,
-                          columns=datasource_columns(
-                              t.datasource for t in self.gateway.tables.values()))
+                          columns=self.gateway.table_columns)
         await self.run_query(compiled, sql, output, self.gateway.query_limits(pipe), params)
 
 
