@@ -290,7 +290,8 @@ class ClickHouseSink:
                         raise EOFError("ClickHouse closed the connection")
                     answer.feed(data)
         except BaseException as exc:
-            # Half an exchange leaves the connection unusable; the next query reconnects.
+            # As the driver does after any error (and half an exchange leaves the stream
+            # unusable): drop the connection; the next query reconnects.
             answer.restore()
             self._client.disconnect()
             if isinstance(exc, errors.ServerException):
