@@ -250,8 +250,8 @@ class ClickHouseSink:
 
         A query round trip on a thread costs two thread switches and the GIL passed back
         and forth on top of the exchange; here the packet is written and the answer read
-        with the loop's non-blocking socket calls, and decoded by clickhouse-driver's own
-        readers. Connecting (and pinging an idle connection) still runs on a thread, and
+        by the loop (non-blocking socket, one reader callback per answer), and decoded by
+        clickhouse-driver's own readers. Connecting (and pinging an idle connection) still runs on a thread, and
         an answer larger than :data:`_LOOP_ANSWER_BYTES` is read on one. Not concurrent:
         one query at a time per sink.
 
@@ -280,15 +280,17 @@ class ClickHouseSink:
             sock.setblocking(False)
             async with asyncio.timeout(deadline):
                 await loop.sock_sendall(sock, self._query_packet(sql, query_id, limits))
-                while not answer.done:
-                    if len(answer.pending) > _LOOP_ANSWER_BYTES:
-                        sock.settimeout(connection.send_receive_timeout)
-                        await loop.run_in_executor(None, answer.read_rest, sock)
-                        break
-                    data = await loop.sock_recv(sock, _RECV_BYTES)
-                    if not data:
-                        raise EOFError("ClickHouse closed the connection")
-                    answer.feed(data)
+                # One reader callback for the whole answer (sock_recv would register and
+                # unregister the socket for each chunk).
+                arrived: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(sock, answer.on_readable, sock, arrived)
+                try:
+                    await arrived
+                finally:
+                    loop.remove_reader(sock)
+                if not answer.done:  # a large answer: the rest on a thread
+                    sock.settimeout(connection.send_receive_timeout)
+                    await loop.run_in_executor(None, answer.read_rest, sock)
         except BaseException as exc:
             # As the driver does after any error (and half an exchange leaves the stream
             # unusable): drop the connection; the next query reconnects.
@@ -451,6 +453,26 @@ class _Answer:
         connection.fin = reader
         connection.block_in = connection.block_in_raw = BlockInputStream(reader,
                                                                           connection.context)
+
+    def on_readable(self, sock: Any, arrived: asyncio.Future[None]) -> None:
+        """Loop reader callback: decode what arrived; ``arrived`` resolves when the answer
+        is complete or too large for the loop, or fails."""
+        if arrived.done():
+            return
+        try:
+            while True:
+                try:
+                    data = sock.recv(_RECV_BYTES)
+                except BlockingIOError:
+                    return  # all read: wait for more
+                if not data:
+                    raise EOFError("ClickHouse closed the connection")
+                self.feed(data)
+                if self.done or len(self.pending) > _LOOP_ANSWER_BYTES:
+                    arrived.set_result(None)
+                    return
+        except BaseException as exc:
+            arrived.set_exception(exc)
 
     def feed(self, data: bytes) -> None:
         """Decode every complete packet of what arrived so far."""
