@@ -129,35 +129,3 @@ def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
     assert sink.query("SELECT groupArray(id) FROM (SELECT id FROM t WHERE id BETWEEN 664 AND 667 "
                       "ORDER BY id)").rows == [([664, 665, 667],)]
 
-
-def test_reader_pool_serves_waiting_queries_in_arrival_order() -> None:
-    from tinyingest.batcher import ReaderPool
-    from tinyingest.sinks.clickhouse import ClickHouseSink
-
-    # One connection (never connected: the calls below do not query).
-    pool = ReaderPool([ClickHouseSink("clickhouse://default:@127.0.0.1:9/default")])
-    order: list[str] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def use(name: str, gate: asyncio.Event | None = None) -> None:
-        async def call(_: ClickHouseSink) -> None:
-            order.append(name)
-            if gate is not None:
-                await gate.wait()
-                # A query that arrives as the connection is released must not take it
-                # from those already waiting.
-                tasks.append(asyncio.create_task(use("late")))
-        await pool.run(call)
-
-    async def main() -> None:
-        gate = asyncio.Event()
-        first = asyncio.create_task(use("first", gate))
-        await asyncio.sleep(0)
-        waiting = [asyncio.create_task(use(name)) for name in "abc"]
-        await asyncio.sleep(0)
-        gate.set()
-        await asyncio.gather(first, *waiting)
-        await asyncio.gather(*tasks)
-
-    asyncio.run(main())
-    assert order == ["first", "a", "b", "c", "late"]

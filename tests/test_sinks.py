@@ -236,47 +236,38 @@ def test_insert_the_table_refuses_raises_and_stores_nothing(sink: Sink) -> None:
     assert sink.query("SELECT count() FROM guarded").rows == [(0,)]
 
 
+
 @pytest.mark.parametrize("sql", [
     "SELECT 1 AS one, 'x' AS s",
     "SELECT number, toString(number) AS s, [number, 1] AS a FROM system.numbers LIMIT 3",
-    # Several MB in many blocks: read on a thread past the loop's share.
-    "SELECT number, toString(number) AS s FROM system.numbers LIMIT 300000",
+    "SELECT number, toString(number) AS s FROM system.numbers LIMIT 300000",  # many blocks
     "SELECT 1 AS one WHERE 0",
 ])
-def test_query_async_answers_as_query_does(clickhouse_server: ClickHouseServer, sql: str) -> None:
-    import asyncio
+def test_query_answers_as_the_driver_does(clickhouse_server: ClickHouseServer, sql: str) -> None:
+    from clickhouse_driver import Client
 
     sink = ClickHouseSink(clickhouse_server.url)
+    client = Client(host="127.0.0.1", port=clickhouse_server.tcp_port)
     try:
-        expected = sink.query(sql, max_result_rows=1_000_000)
-        got = asyncio.run(sink.query_async(sql, max_result_rows=1_000_000))
-        assert (got.meta, got.rows) == (expected.meta, expected.rows)
-        assert got.rows_read == expected.rows_read
+        got = sink.query(sql, max_result_rows=1_000_000)
+        rows, columns = client.execute(sql, with_column_types=True)
+        assert got.meta == [(name, ch_type) for name, ch_type in columns]
+        assert got.rows == [tuple(row) for row in rows]
+        assert got.rows_read == client.last_query.progress.rows
         # The connection is left as the driver expects it (pings, inserts, queries).
-        assert sink.query(sql, max_result_rows=1_000_000).rows == expected.rows
+        sink.execute("SELECT 1")
+        assert sink.query(sql, max_result_rows=1_000_000).rows == got.rows
     finally:
         sink.close()
+        client.disconnect()
 
 
-def test_query_async_errors_and_limits(clickhouse_server: ClickHouseServer) -> None:
-    import asyncio
-
+def test_query_errors_leave_a_working_connection(clickhouse_server: ClickHouseServer) -> None:
     sink = ClickHouseSink(clickhouse_server.url)
-
-    async def run() -> None:
-        with pytest.raises(SinkError) as info:
-            await sink.query_async("SELECT number FROM system.numbers LIMIT 10",
-                                   max_result_rows=5)
-        assert info.value.code == 396  # TOO_MANY_ROWS_OR_BYTES
-        with pytest.raises(SinkError) as info:
-            await sink.query_async("SELECT 1 SETTINGS readonly = 0")
-        assert info.value.code == 164  # READONLY
-        with pytest.raises(SinkError) as info:
-            await sink.query_async("SELECT nope")
-        assert info.value.code == 47  # UNKNOWN_IDENTIFIER
-        # After an error the next query gets a working connection.
-        assert (await sink.query_async("SELECT 2 AS two")).rows == [(2,)]
     try:
-        asyncio.run(run())
+        with pytest.raises(SinkError) as info:
+            sink.query("SELECT nope")
+        assert info.value.code == 47  # UNKNOWN_IDENTIFIER
+        assert sink.query("SELECT 2 AS two").rows == [(2,)]
     finally:
         sink.close()

@@ -26,22 +26,19 @@ event loop keeps parsing requests meanwhile.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
+import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from tinyingest.block import EncodedBlock
 from tinyingest.native import merge_blocks, split_block
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.spool import RecordId
-
-if TYPE_CHECKING:
-    from tinyingest.sinks.clickhouse import ClickHouseSink
 
 log = logging.getLogger("tinyingest.batcher")
 
@@ -97,48 +94,30 @@ class Writer:
 
 
 class ReaderPool:
-    """Connections of their own for queries, so a slow query never holds up inserts.
+    """Queries run here, beside the writer, so a slow query never holds up inserts.
 
-    Queries run on the event loop (:meth:`ClickHouseSink.query_async`); a query takes a
-    free connection or waits for one. A released connection goes straight to the longest
-    waiting query: with ``asyncio.Queue`` a newcomer could take it first and a woken waiter
-    would queue again at the back, so under load a few requests waited for seconds.
+    One thread per sink (each sink is one connection); a call takes a free sink.
     """
 
-    def __init__(self, sinks: Sequence[ClickHouseSink]) -> None:
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self._free: queue.SimpleQueue[Sink] = queue.SimpleQueue()
+        for sink in sinks:
+            self._free.put(sink)
         self._sinks = list(sinks)
-        self._free = list(sinks)
-        self._waiters: collections.deque[asyncio.Future[ClickHouseSink]] = collections.deque()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(sinks), thread_name_prefix="tinyingest-reader")
 
-    async def run(self, call: Callable[[ClickHouseSink], Awaitable[T]]) -> T:
-        if self._free:
-            sink = self._free.pop()  # the most recently used: its connection is warm
-        else:
-            waiter: asyncio.Future[ClickHouseSink] = \
-                asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+    async def run(self, call: Callable[[Sink], T]) -> T:
+        def with_sink() -> T:
+            sink = self._free.get()
             try:
-                sink = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._release(waiter.result())  # handed over, but nobody will use it
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
-        try:
-            return await call(sink)
-        finally:
-            self._release(sink)
-
-    def _release(self, sink: ClickHouseSink) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(sink)
-                return
-        self._free.append(sink)
+                return call(sink)
+            finally:
+                self._free.put(sink)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, with_sink)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         for sink in self._sinks:
             sink.close()
 

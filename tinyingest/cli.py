@@ -54,7 +54,6 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     from tinyingest.auth import Authorizer
     from tinyingest.gateway import Gateway, StartupError
     from tinyingest.routes import make_app
-    from tinyingest.sinks.clickhouse import ClickHouseSink
     from tinyingest.template import TemplateError
 
     try:
@@ -69,9 +68,8 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     # Each worker owns its spool; a single process keeps the plain name.
     spool_dir = "spool" if worker is None else f"spool-{worker}"
     # Queries get connections of their own on a server; chDB is one engine per process.
-    readers = [ClickHouseSink(settings.clickhouse_url,
-                              send_receive_timeout=settings.clickhouse_timeout)
-               for _ in range(settings.query_connections)] if settings.clickhouse_url else []
+    readers = [make_sink(settings) for _ in range(settings.query_connections)] \
+        if settings.clickhouse_url else []
     gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers)
     try:
         await gateway.start()

@@ -38,7 +38,6 @@ from tinyingest.pipes import (
 from tinyingest.quarantine import quarantine_rows, refused_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import QueryResult, Sink, SinkError
-from tinyingest.sinks.clickhouse import ClickHouseSink
 from tinyingest.spool import Spool
 
 log = logging.getLogger("tinyingest")
@@ -100,7 +99,7 @@ def _create_error(datasource: DataSource, error: SinkError) -> str:
 
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
-                 spool_dir: str = "spool", readers: Sequence[ClickHouseSink] = ()) -> None:
+                 spool_dir: str = "spool", readers: Sequence[Sink] = ()) -> None:
         """:param readers: connections for queries; none: queries share the writer's."""
         self.settings = settings
         self.sink = sink
@@ -242,13 +241,13 @@ class Gateway:
                     settings: dict[str, Any] | None = None) -> QueryResult:
         """A read-only SELECT under ``limits``."""
 
+        def run(sink: Sink) -> QueryResult:
+            return sink.query(sql, readonly=True, max_execution_time=limits.timeout,
+                              max_result_rows=limits.max_rows, query_id=query_id,
+                              settings=settings)
         if self.readers is not None:
-            return await self.readers.run(lambda reader: reader.query_async(
-                sql, max_execution_time=limits.timeout, max_result_rows=limits.max_rows,
-                query_id=query_id, settings=settings))
-        return await self.writer.run(lambda: self.sink.query(
-            sql, readonly=True, max_execution_time=limits.timeout,
-            max_result_rows=limits.max_rows, query_id=query_id, settings=settings))
+            return await self.readers.run(run)
+        return await self.writer.run(lambda: run(self.sink))
 
     async def cancel(self, query_id: str) -> None:
         """Stop a query whose client went away (ClickHouse would run it on for minutes)."""

@@ -20,7 +20,6 @@ servers (Debian's 18.16, revision 54412) and current ones (custom-serialization 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import time
@@ -80,10 +79,7 @@ _PING_AFTER_IDLE = 5.0
 # BlockInfo: field 1 is_overflows = 0, field 2 bucket_num = -1, then 0 (end of fields).
 _BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
 
-#: An answer to :meth:`ClickHouseSink.query_async` is parsed on the event loop while this
-#: much of it is pending; a larger one is read on a thread (each new chunk would make the
-#: loop parse the pending bytes again).
-_LOOP_ANSWER_BYTES = 256 * 1024
+#: Bytes asked of the socket per read of a query's answer.
 _RECV_BYTES = 64 * 1024
 
 
@@ -218,91 +214,21 @@ class ClickHouseSink:
             settings["readonly"] = 1  # last: the limits above are applied before it
         start = time.monotonic()
         with self._errors():
-            rows, columns = self._client.execute(sql, settings=settings, with_column_types=True,
-                                                 query_id=query_id or "")
-            last = self._client.last_query
-        elapsed = time.monotonic() - start
-        rows_read = bytes_read = rows_before_limit = 0
-        if last is not None and last.progress is not None:
-            rows_read = int(last.progress.rows)
-            bytes_read = int(last.progress.bytes)
-        if last is not None and last.profile_info is not None:
-            rows_before_limit = int(last.profile_info.rows_before_limit or 0)
-        return QueryResult(
-            meta=[(str(name), str(ch_type)) for name, ch_type in columns],
-            rows=[tuple(row) for row in rows],
-            rows_read=rows_read,
-            bytes_read=bytes_read,
-            elapsed=elapsed,
-            rows_before_limit=rows_before_limit,
-        )
-
-    async def query_async(
-        self,
-        sql: str,
-        *,
-        max_execution_time: float = 10.0,
-        max_result_rows: int = 0,
-        query_id: str | None = None,
-        settings: dict[str, Any] | None = None,
-    ) -> QueryResult:
-        """:meth:`query` (read-only) on the running event loop, for endpoint queries.
-
-        A query round trip on a thread costs two thread switches and the GIL passed back
-        and forth on top of the exchange; here the packet is written and the answer read
-        by the loop (non-blocking socket, one reader callback per answer), and decoded by
-        clickhouse-driver's own readers. Connecting (and pinging an idle connection) still runs on a thread, and
-        an answer larger than :data:`_LOOP_ANSWER_BYTES` is read on one. Not concurrent:
-        one query at a time per sink.
-
-        :raises SinkError: as :meth:`query`.
-        """
-        loop = asyncio.get_running_loop()
-        connection = self._client.connection
-        if not connection.connected or time.monotonic() - self._last_used >= _PING_AFTER_IDLE:
-            with self._errors():
-                await loop.run_in_executor(None, self._force_connect)
-        self._last_used = time.monotonic()
-        limits = dict(settings or {})
-        if max_execution_time > 0:
-            limits["max_execution_time"] = max(1, int(-(-max_execution_time // 1)))
-        if max_result_rows > 0:
-            limits["max_result_rows"] = max_result_rows
-            limits["result_overflow_mode"] = "throw"
-        limits["readonly"] = 1  # last: the limits above are applied before it
-        sock = connection.socket
-        answer = _Answer(connection)
-        start = time.monotonic()
-        # Past ClickHouse's own limit plus the silence allowed, the server is gone.
-        deadline = max_execution_time + connection.send_receive_timeout \
-            if max_execution_time > 0 else None
-        try:
-            sock.setblocking(False)
-            async with asyncio.timeout(deadline):
-                await loop.sock_sendall(sock, self._query_packet(sql, query_id, limits))
-                # One reader callback for the whole answer (sock_recv would register and
-                # unregister the socket for each chunk).
-                arrived: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(sock, answer.on_readable, sock, arrived)
-                try:
-                    await arrived
-                finally:
-                    loop.remove_reader(sock)
-                if not answer.done:  # a large answer: the rest on a thread
-                    sock.settimeout(connection.send_receive_timeout)
-                    await loop.run_in_executor(None, answer.read_rest, sock)
-        except BaseException as exc:
-            # As the driver does after any error (and half an exchange leaves the stream
-            # unusable): drop the connection; the next query reconnects.
+            self._force_connect()
+            connection = self._client.connection
+            answer = _Answer(connection)
+            try:
+                # Client.execute would send the query and the end of its (empty) external
+                # tables in two writes; one is enough.
+                connection.socket.sendall(self._query_packet(sql, query_id, settings))
+                answer.read(connection.socket)
+            except BaseException:
+                # As the driver does after any error (half an exchange leaves the stream
+                # unusable): drop the connection; the next query reconnects.
+                answer.restore()
+                self._client.disconnect()
+                raise
             answer.restore()
-            self._client.disconnect()
-            if isinstance(exc, errors.ServerException):
-                raise SinkError(_server_message(exc), exc.code) from exc
-            if isinstance(exc, (errors.Error, OSError, EOFError, TimeoutError)):
-                raise SinkError(f"ClickHouse connection failed: {exc!r}", None) from exc
-            raise
-        answer.restore()
-        sock.settimeout(connection.send_receive_timeout)
         return QueryResult(
             meta=answer.meta,
             rows=answer.rows,
@@ -430,14 +356,13 @@ class ClickHouseSink:
 
 
 class _Answer:
-    """The packets answering one query, decoded as the bytes arrive (see
-    :meth:`ClickHouseSink.query_async`)."""
+    """The packets answering one query (see :meth:`ClickHouseSink.query`), read from the
+    socket by clickhouse-driver's own packet and block readers."""
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         # The driver's socket readers, pointed at our bytes while we decode (restore()).
         self._driver_readers = (connection.fin, connection.block_in, connection.block_in_raw)
-        self.pending = b""  # received, not yet decoded: the start of an incomplete packet
         self.done = False
         self.meta: list[tuple[str, str]] = []
         self.rows: list[tuple[Any, ...]] = []
@@ -454,55 +379,16 @@ class _Answer:
         connection.block_in = connection.block_in_raw = BlockInputStream(reader,
                                                                           connection.context)
 
-    def on_readable(self, sock: Any, arrived: asyncio.Future[None]) -> None:
-        """Loop reader callback: decode what arrived; ``arrived`` resolves when the answer
-        is complete or too large for the loop, or fails."""
-        if arrived.done():
-            return
-        try:
-            while True:
-                try:
-                    data = sock.recv(_RECV_BYTES)
-                except BlockingIOError:
-                    return  # all read: wait for more
-                if not data:
-                    raise EOFError("ClickHouse closed the connection")
-                self.feed(data)
-                if self.done or len(self.pending) > _LOOP_ANSWER_BYTES:
-                    arrived.set_result(None)
-                    return
-        except BaseException as exc:
-            arrived.set_exception(exc)
-
-    def feed(self, data: bytes) -> None:
-        """Decode every complete packet of what arrived so far."""
-        self.pending += data
-        chunks = [self.pending]
-        reader = CompressedBufferedReader(lambda: chunks.pop() if chunks else b"",
-                                          len(self.pending))
-        self._read_from(reader)
-        consumed = 0
-        try:
-            while not self.done and consumed < len(self.pending):
-                self._packet()
-                consumed = reader.position
-        except EOFError:
-            pass  # the rest of that packet is still on its way
-        self.pending = self.pending[consumed:]
-
-    def read_rest(self, sock: Any) -> None:
-        """The rest of a large answer with blocking reads (on a thread)."""
-        chunks = [self.pending]
+    def read(self, sock: Any) -> None:
+        """The whole answer, with blocking reads."""
 
         def read_block() -> bytes:
-            if chunks:
-                return chunks.pop()
-            data: bytes = sock.recv(1 << 20)
+            data: bytes = sock.recv(_RECV_BYTES)
             if not data:
                 raise EOFError("ClickHouse closed the connection")
             return data
 
-        reader = CompressedBufferedReader(read_block, 1 << 20)
+        reader = CompressedBufferedReader(read_block, _RECV_BYTES)
         self._read_from(reader)
         while not self.done:
             self._packet()
