@@ -28,12 +28,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_driver import Client, defines, errors
 from clickhouse_driver.block import RowOrientedBlock
-from clickhouse_driver.bufferedreader import CompressedBufferedReader
 from clickhouse_driver.clientinfo import ClientInfo
 from clickhouse_driver.protocol import ClientPacketTypes, Compression, ServerPacketTypes
 from clickhouse_driver.queryprocessingstage import QueryProcessingStage
 from clickhouse_driver.settings.writer import SettingsFlags, write_settings
-from clickhouse_driver.streams.native import BlockInputStream
 from clickhouse_driver.writer import write_binary_str
 from clickhouse_driver.varint import write_varint
 
@@ -78,9 +76,6 @@ _PING_AFTER_IDLE = 5.0
 
 # BlockInfo: field 1 is_overflows = 0, field 2 bucket_num = -1, then 0 (end of fields).
 _BLOCK_INFO = b"\x01\x00\x02\xff\xff\xff\xff\x00"
-
-#: Bytes asked of the socket per read of a query's answer.
-_RECV_BYTES = 64 * 1024
 
 
 class ClickHouseSink:
@@ -216,19 +211,18 @@ class ClickHouseSink:
         with self._errors():
             self._force_connect()
             connection = self._client.connection
-            answer = _Answer(connection)
+            answer = _Answer()
             try:
                 # Client.execute would send the query and the end of its (empty) external
                 # tables in two writes; one is enough.
                 connection.socket.sendall(self._query_packet(sql, query_id, settings))
-                answer.read(connection.socket)
+                while not answer.done:
+                    answer.add(connection.receive_packet())
             except BaseException:
                 # As the driver does after any error (half an exchange leaves the stream
                 # unusable): drop the connection; the next query reconnects.
-                answer.restore()
                 self._client.disconnect()
                 raise
-            answer.restore()
         return QueryResult(
             meta=answer.meta,
             rows=answer.rows,
@@ -356,45 +350,16 @@ class ClickHouseSink:
 
 
 class _Answer:
-    """The packets answering one query (see :meth:`ClickHouseSink.query`), read from the
-    socket by clickhouse-driver's own packet and block readers."""
+    """What the packets answering one query carry (see :meth:`ClickHouseSink.query`)."""
 
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        # The driver's socket readers, pointed at our bytes while we decode (restore()).
-        self._driver_readers = (connection.fin, connection.block_in, connection.block_in_raw)
+    def __init__(self) -> None:
         self.done = False
         self.meta: list[tuple[str, str]] = []
         self.rows: list[tuple[Any, ...]] = []
         self.rows_read = self.bytes_read = self.rows_before_limit = 0
 
-    def restore(self) -> None:
-        """Give the connection its socket readers back."""
-        connection = self._connection
-        connection.fin, connection.block_in, connection.block_in_raw = self._driver_readers
-
-    def _read_from(self, reader: Any) -> None:
-        connection = self._connection
-        connection.fin = reader
-        connection.block_in = connection.block_in_raw = BlockInputStream(reader,
-                                                                          connection.context)
-
-    def read(self, sock: Any) -> None:
-        """The whole answer, with blocking reads."""
-
-        def read_block() -> bytes:
-            data: bytes = sock.recv(_RECV_BYTES)
-            if not data:
-                raise EOFError("ClickHouse closed the connection")
-            return data
-
-        reader = CompressedBufferedReader(read_block, _RECV_BYTES)
-        self._read_from(reader)
-        while not self.done:
-            self._packet()
-
-    def _packet(self) -> None:
-        packet = self._connection.receive_packet()
+    def add(self, packet: Any) -> None:
+        """One packet, as read by the driver's ``Connection.receive_packet``."""
         kind = packet.type
         if kind == ServerPacketTypes.DATA:
             block = packet.block
