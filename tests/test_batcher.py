@@ -128,3 +128,4 @@ def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
     assert count(sink) == 19
     assert sink.query("SELECT groupArray(id) FROM (SELECT id FROM t WHERE id BETWEEN 664 AND 667 "
                       "ORDER BY id)").rows == [([664, 665, 667],)]
+

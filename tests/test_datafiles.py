@@ -528,6 +528,14 @@ def test_last_node_is_the_endpoint_by_default(tmp_path: Path) -> None:
     assert pipe.nodes[0].sql == "SELECT 1"
 
 
+def test_pipe_query_limits(tmp_path: Path) -> None:
+    text = "QUERY_MAX_ROWS 1000\nQUERY_TIMEOUT 2.5\nNODE a\nSQL SELECT 1\n"
+    pipe = parse_pipe(write(tmp_path, "p.pipe", text))
+    assert (pipe.query_max_rows, pipe.query_timeout) == (1000, 2.5)
+    plain = parse_pipe(write(tmp_path, "q.pipe", "NODE a\nSQL SELECT 1\n"))
+    assert (plain.query_max_rows, plain.query_timeout) == (None, None)
+
+
 def test_materialized_pipe_has_no_endpoint(tmp_path: Path) -> None:
     write(tmp_path, "datasources/target.datasource", "SCHEMA >\n    n UInt64\n")
     write(
@@ -568,6 +576,14 @@ def test_copy_node(tmp_path: Path) -> None:
         ("NODE a\nSQL SELECT 1\nEXPORT_SERVICE s3\n", 3, "sinks are not supported"),
         ('NODE a\nSQL SELECT 1\nTOKEN "t" APPEND\n', 3, "TOKEN scope must be READ"),
         ("DESCRIPTION only\n", 1, "the pipe has no NODE"),
+        ("DESCRIPTION d\nQUERY_MAX_ROWS many\nNODE a\nSQL SELECT 1\n", 2,
+         "QUERY_MAX_ROWS must be a whole number of rows above 0, not 'many'"),
+        ("QUERY_MAX_ROWS 0\nNODE a\nSQL SELECT 1\n", 1, "above 0, not '0'"),
+        ("QUERY_MAX_ROWS 2.5\nNODE a\nSQL SELECT 1\n", 1, "whole number"),
+        ("QUERY_MAX_ROWS 5\nQUERY_MAX_ROWS 6\nNODE a\nSQL SELECT 1\n", 2, "given twice"),
+        ("QUERY_TIMEOUT -1\nNODE a\nSQL SELECT 1\n", 1,
+         "QUERY_TIMEOUT must be a number of seconds above 0, not '-1'"),
+        ("NODE a\nSQL SELECT 1\nQUERY_TIMEOUT 5\n", 3, "must come before the first NODE"),
         (
             "NODE a\nTYPE endpoint\nSQL SELECT 1\nNODE b\nTYPE endpoint\nSQL SELECT 2\n",
             1,

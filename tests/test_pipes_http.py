@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import datetime
+import decimal
 import io
 import json
 import threading
@@ -60,6 +62,100 @@ def test_endpoint_csv_and_ndjson(gateway: GatewayProcess, tag: str) -> None:
     assert [json.loads(line) for line in response.body.splitlines()][0] == {"id": 0, "name": "n0"}
 
 
+def _plain(value: object) -> object:
+    """A value read back from Parquet, as the JSON output writes it."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return [_plain(v) for v in value.values()]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _parquet_rows(body: bytes) -> list[dict[str, object]]:
+    import pyarrow.parquet as pq
+
+    return [{name: _plain(value) for name, value in row.items()}
+            for row in pq.read_table(io.BytesIO(body)).to_pylist()]
+
+
+def test_endpoint_parquet_matches_json(gateway: GatewayProcess, tag: str) -> None:
+    import pyarrow.parquet as pq
+
+    params = {"label": tag, "min_id": "1"}
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.parquet", params=params)
+    assert response.status == 200, response.body
+    assert response.headers["content-type"] == "application/vnd.apache.parquet"
+    table = pq.read_table(io.BytesIO(response.body))
+    # Tinybird's default: String as binary; LowCardinality as a dictionary.
+    assert str(table.schema.field("id").type) == "uint64"
+    assert str(table.schema.field("name").type) == \
+        "dictionary<values=binary, indices=int32, ordered=0>"
+    expected = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params=params).json()
+    assert _parquet_rows(response.body) == expected["data"]
+    as_strings = call(gateway, "GET", "/v0/pipes/events_by_tag.parquet",
+                      params={**params, "output_format_parquet_string_as_string": "1"})
+    assert pq.read_table(io.BytesIO(as_strings.body)).column("name").to_pylist() == \
+        ["n1", "n2", "n3", "n4"]
+
+
+PARQUET_TYPES = (
+    "SELECT toUInt64(7) AS u, -3 AS i, toFloat32(1.5) AS f, 'x' AS s, toNullable('y') AS ns, "
+    "CAST(NULL AS Nullable(String)) AS nul, toFixedString('ab', 2) AS fs, [1, 2] AS arr, "
+    "[[NULL, 'a']] AS nested, (1, 'a') AS tup, toDate('2024-01-02') AS d, "
+    "toDateTime('2024-01-02 03:04:05', 'Asia/Tokyo') AS tz, "
+    "toDateTime('2024-01-02 03:04:05') AS naive, toDecimal64('1.50', 2) AS dec, "
+    "toUUID('6f1c1a5e-3a52-4a38-9b5e-7a1f7b3c9d10') AS uuid, "
+    "CAST('b' AS Enum8('a' = 1, 'b' = 2)) AS enum, toUInt8(1) = 1 AS yes")
+
+
+def test_sql_format_parquet_maps_every_type(gateway: GatewayProcess) -> None:
+    import pyarrow.parquet as pq
+
+    answer = call(gateway, "GET", "/v0/sql", params={"q": PARQUET_TYPES}).json()
+    response = call(gateway, "GET", "/v0/sql", params={"q": PARQUET_TYPES + " FORMAT Parquet"})
+    assert response.status == 200, response.body
+    schema = pq.read_table(io.BytesIO(response.body)).schema
+    types = {name: str(schema.field(name).type) for name in schema.names}
+    assert types["u"] == "uint64" and types["i"] == "int8" and types["f"] == "float"
+    assert types["s"] == "binary" and not schema.field("s").nullable
+    assert schema.field("ns").nullable and schema.field("nul").nullable
+    assert types["arr"] == "list<element: uint8>"
+    assert types["tup"] == "struct<1: uint8 not null, 2: binary not null>"
+    assert types["d"] == "date32[day]"
+    # Parquet has no seconds unit. chDB answers a plain DateTime (in UTC) for this column.
+    zoned = {m["name"]: m["type"] for m in answer["meta"]}["tz"] == "DateTime('Asia/Tokyo')"
+    assert types["tz"] == ("timestamp[ms, tz=Asia/Tokyo]" if zoned else "timestamp[ms]")
+    assert types["naive"] == "timestamp[ms]"
+    assert types["dec"] == "decimal128(18, 2)"
+    assert types["uuid"] == types["enum"] == "string"
+    expected = answer["data"]
+    expected[0]["dec"] = decimal.Decimal(expected[0]["dec"])  # JSON: "1.5"; Parquet: 1.50
+    assert _parquet_rows(response.body) == expected
+
+
+def test_parquet_without_pyarrow_is_501(clickhouse_server: ClickHouseServer,
+                                        tmp_path: Path) -> None:
+    # A pyarrow that cannot be imported, first on the gateway's path: a missing install.
+    stub = tmp_path / "stub" / "pyarrow"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('pyarrow is not installed')\n")
+    gateway = start_gateway("clickhouse", tmp_path / "data",
+                            {"PYTHONPATH": str(stub.parent)}, server=clickhouse_server)
+    try:
+        response = call(gateway, "GET", "/v0/sql", params={"q": "SELECT 1 FORMAT Parquet"})
+        assert response.status == 501
+        assert "pip install 'tinyingest[parquet]'" in response.json()["error"]
+        assert call(gateway, "GET", "/v0/sql", params={"q": "SELECT 1 AS one"}).status == 200
+    finally:
+        assert gateway.stop() == 0
+
+
 @pytest.mark.parametrize(("params", "needle"), [
     ({}, "label"),  # required parameter missing
     ({"label": "x", "min_id": "abc"}, "UInt64"),
@@ -114,6 +210,26 @@ def test_sql_reads_pipes_as_tables_and_honours_format(gateway: GatewayProcess, t
     assert raw.json()["data"] == [{"one": 1}]
 
 
+def test_pipe_row_cap_is_an_error_naming_the_cap(gateway: GatewayProcess, tag: str) -> None:
+    # events_capped.pipe: QUERY_MAX_ROWS 3; the tag has five rows.
+    response = call(gateway, "GET", "/v0/pipes/events_capped.json", params={"label": tag})
+    assert response.status == 400
+    error = response.json()["error"]
+    assert "more than 3 rows" in error
+    assert "QUERY_MAX_ROWS of pipe 'events_capped'" in error
+    for output in ("csv", "ndjson"):  # never a truncated body
+        assert call(gateway, "GET", f"/v0/pipes/events_capped.{output}",
+                    params={"label": tag}).status == 400
+    response = call(gateway, "GET", "/v0/pipes/events_capped.json",
+                    params={"label": tag, "limit": "3"})
+    assert response.status == 200, response.body
+    assert [row["id"] for row in response.json()["data"]] == [0, 1, 2]
+    # The cap is the pipe's own: /v0/sql and the other pipes keep the global one.
+    assert len(sql(gateway, f"SELECT id FROM events WHERE tag = '{tag}'")) == 5
+    response = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params={"label": tag})
+    assert response.json()["rows"] == 5
+
+
 @pytest.mark.parametrize("q", ["SELECT * FROM system.users", "SELECT * FROM numbers(10)",
                                "SELECT 1; DROP TABLE events", "DROP TABLE events"])
 def test_sql_refuses_other_tables_and_statements(gateway: GatewayProcess, q: str) -> None:
@@ -158,6 +274,15 @@ def test_runaway_query_stops_at_the_timeout_with_408(slow_query_gateway: Gateway
     response = call(slow_query_gateway, "GET", "/v0/sql", params={"q": RUNAWAY})
     assert response.status == 408
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("slow_query_gateway", [60], indirect=True, ids=["timeout-60s"])
+def test_pipe_timeout_overrides_the_global_one(slow_query_gateway: GatewayProcess) -> None:
+    # events_capped.pipe: QUERY_TIMEOUT 1, on a gateway whose own limit is 60 s.
+    response = call(slow_query_gateway, "GET", "/v0/pipes/events_capped.json",
+                    params={"label": "big", "slow": "1", "limit": "2"})
+    assert response.status == 408, response.body
+    assert "QUERY_TIMEOUT of pipe 'events_capped'" in response.json()["error"]
 
 
 @pytest.mark.parametrize("slow_query_gateway", [60], indirect=True, ids=["timeout-60s"])

@@ -234,3 +234,40 @@ def test_insert_the_table_refuses_raises_and_stores_nothing(sink: Sink) -> None:
     with pytest.raises(SinkError):
         sink.insert("guarded", block)
     assert sink.query("SELECT count() FROM guarded").rows == [(0,)]
+
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1 AS one, 'x' AS s",
+    "SELECT number, toString(number) AS s, [number, 1] AS a FROM system.numbers LIMIT 3",
+    "SELECT number, toString(number) AS s FROM system.numbers LIMIT 300000",  # many blocks
+    "SELECT 1 AS one WHERE 0",
+])
+def test_query_answers_as_the_driver_does(clickhouse_server: ClickHouseServer, sql: str) -> None:
+    from clickhouse_driver import Client
+
+    sink = ClickHouseSink(clickhouse_server.url)
+    client = Client(host="127.0.0.1", port=clickhouse_server.tcp_port)
+    try:
+        got = sink.query(sql, max_result_rows=1_000_000)
+        rows, columns = client.execute(sql, with_column_types=True)
+        assert got.meta == [(name, ch_type) for name, ch_type in columns]
+        assert got.rows == [tuple(row) for row in rows]
+        assert got.rows_read == client.last_query.progress.rows
+        # The connection is left as the driver expects it (pings, inserts, queries).
+        sink.execute("SELECT 1")
+        assert sink.query(sql, max_result_rows=1_000_000).rows == got.rows
+    finally:
+        sink.close()
+        client.disconnect()
+
+
+def test_query_errors_leave_a_working_connection(clickhouse_server: ClickHouseServer) -> None:
+    sink = ClickHouseSink(clickhouse_server.url)
+    try:
+        with pytest.raises(SinkError) as info:
+            sink.query("SELECT nope")
+        assert info.value.code == 47  # UNKNOWN_IDENTIFIER
+        assert sink.query("SELECT 2 AS two").rows == [(2,)]
+    finally:
+        sink.close()

@@ -56,7 +56,7 @@ class Settings:
     #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.
     query_timeout: float = 10.0
     query_max_rows: int = 100_000
-    #: Connections (and threads) for endpoint and /v0/sql queries on a ClickHouse server.
+    #: Connections for endpoint and /v0/sql queries on a ClickHouse server.
     query_connections: int = 4
 
     @classmethod

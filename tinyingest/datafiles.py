@@ -172,6 +172,10 @@ class Pipe:
     #: ``(token_name, "READ")`` pairs from ``TOKEN`` lines.
     tokens: tuple[tuple[str, str], ...] = ()
     path: str | None = None
+    #: ``QUERY_MAX_ROWS`` / ``QUERY_TIMEOUT`` (seconds): the endpoint's own limits,
+    #: instead of ``TINYINGEST_QUERY_MAX_ROWS`` / ``TINYINGEST_QUERY_TIMEOUT``; None: those.
+    query_max_rows: int | None = None
+    query_timeout: float | None = None
 
     @property
     def endpoint(self) -> Node | None:
@@ -822,8 +826,10 @@ _DATASOURCE_KEYWORDS = frozenset(
 )
 _PIPE_KEYWORDS = frozenset(
     {"DESCRIPTION", "NODE", "SQL", "TYPE", "DATASOURCE", "TARGET_DATASOURCE", "COPY_SCHEDULE",
-     "COPY_MODE", "TOKEN", "INCLUDE", "VERSION", "TAGS"}
+     "COPY_MODE", "TOKEN", "INCLUDE", "VERSION", "TAGS", "QUERY_MAX_ROWS", "QUERY_TIMEOUT"}
 )
+#: Keywords of the pipe as a whole, before its first NODE.
+_PIPE_HEAD_KEYWORDS = frozenset({"DESCRIPTION", "VERSION", "QUERY_MAX_ROWS", "QUERY_TIMEOUT"})
 _ALL_KEYWORDS = _DATASOURCE_KEYWORDS | _PIPE_KEYWORDS | {"SETTINGS"}
 _UNSUPPORTED_PREFIXES = ("KAFKA_", "IMPORT_", "EXPORT_", "ENGINE")
 _MAX_INCLUDE_DEPTH = 10
@@ -1083,6 +1089,7 @@ def _parse_pipe(path: Path, root: Path) -> tuple[Pipe, dict[str, int]]:
     tokens: list[tuple[str, str]] = []
     nodes: list[_NodeDraft] = []
     seen: dict[str, int] = {}
+    limits: dict[str, float] = {}
     for command in _commands(path, origin, root):
         keyword = command.keyword
         if keyword not in _PIPE_KEYWORDS:
@@ -1106,14 +1113,16 @@ def _parse_pipe(path: Path, root: Path) -> tuple[Pipe, dict[str, int]]:
             continue
         if keyword == "TAGS":
             continue
-        if keyword in ("DESCRIPTION", "VERSION") and not nodes:
+        if keyword in _PIPE_HEAD_KEYWORDS and not nodes:
             if keyword in seen:
                 raise fail(f"{keyword} given twice (first at line {seen[keyword]})")
             seen[keyword] = command.line
             if keyword == "DESCRIPTION":
                 description = command.value.strip()
-            else:
+            elif keyword == "VERSION":
                 name = _versioned(name, command)
+            else:
+                limits[keyword] = _query_limit(command)
             continue
         if not nodes:
             raise fail(f"{keyword} must follow a NODE")
@@ -1147,7 +1156,7 @@ def _parse_pipe(path: Path, root: Path) -> tuple[Pipe, dict[str, int]]:
             if value.lower() not in ("append", "replace"):
                 raise fail(f"COPY_MODE must be append or replace, not {value!r}")
             node.copy_mode = value.lower()
-        else:  # VERSION after a NODE
+        else:  # VERSION, QUERY_* after a NODE
             raise fail(f"{keyword} must come before the first NODE")
     if not nodes:
         raise DatafileError(origin, 1, "the pipe has no NODE")
@@ -1170,7 +1179,22 @@ def _parse_pipe(path: Path, root: Path) -> tuple[Pipe, dict[str, int]]:
     endpoints = [node.name for node in built if node.type == "endpoint"]
     if len(endpoints) > 1:
         raise DatafileError(origin, 1, f"more than one endpoint node: {', '.join(endpoints)}")
-    return Pipe(name, description, tuple(built), tuple(tokens), str(path)), datasource_lines
+    max_rows = limits.get("QUERY_MAX_ROWS")
+    return Pipe(name, description, tuple(built), tuple(tokens), str(path),
+                query_max_rows=int(max_rows) if max_rows is not None else None,
+                query_timeout=limits.get("QUERY_TIMEOUT")), datasource_lines
+
+
+def _query_limit(command: _Command) -> float:
+    """``QUERY_MAX_ROWS n`` (a whole number) or ``QUERY_TIMEOUT seconds``, above 0."""
+    value = command.value.strip()
+    pattern = r"[0-9]+" if command.keyword == "QUERY_MAX_ROWS" else r"[0-9]+(\.[0-9]*)?"
+    if not re.fullmatch(pattern, value) or float(value) <= 0:
+        what = "a whole number of rows" if command.keyword == "QUERY_MAX_ROWS" \
+            else "a number of seconds"
+        raise DatafileError(command.origin, command.line,
+                            f"{command.keyword} must be {what} above 0, not {value!r}")
+    return float(value)
 
 
 def parse_pipe(path: str | Path, root: str | Path | None = None) -> Pipe:

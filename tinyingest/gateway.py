@@ -8,6 +8,7 @@ out to the data source's batcher and bad rows to its quarantine batcher.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -68,6 +69,17 @@ class Table:
     idle_parsers: list[parser.Parser] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """What one endpoint or ``/v0/sql`` query may take, and where each limit is set
+    (named in the error when a query hits it)."""
+
+    timeout: float
+    max_rows: int
+    timeout_origin: str = "TINYINGEST_QUERY_TIMEOUT"
+    max_rows_origin: str = "TINYINGEST_QUERY_MAX_ROWS"
+
+
 class StartupError(Exception):
     """The project cannot be served on this ClickHouse (the message says why)."""
 
@@ -101,6 +113,10 @@ class Gateway:
         self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
+        #: Table -> column names (data sources and quarantines), and everything a published
+        #: pipe may read: both fixed once start() has created the tables.
+        self.table_columns: dict[str, tuple[str, ...]] = {}
+        self._all_tables: frozenset[str] = frozenset()
         self.recent_requests = RecentRequests()
         self.draining = False  # SIGTERM received: new ingest requests get 503
         self.active_requests = 0  # ingest requests being received or answered
@@ -135,6 +151,8 @@ class Gateway:
                     log.warning("ClickHouse is not answering yet (%s); retrying", exc)
                     await asyncio.sleep(1.0)
             self.tables[datasource.name] = self._table(datasource)
+        self.table_columns = datasource_columns(t.datasource for t in self.tables.values())
+        self._all_tables = frozenset(self.readable_tables(None))
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
         await self.writer.run(lambda: self._create_views(database))
@@ -219,14 +237,28 @@ class Gateway:
             created_at=time.time(),
         )
 
-    async def query(self, sql: str, *, query_id: str | None = None,
+    def query_limits(self, pipe: Pipe | None = None) -> QueryLimits:
+        """The limits of ``pipe``'s endpoint (its ``QUERY_MAX_ROWS`` / ``QUERY_TIMEOUT``
+        where set), or of ``/v0/sql`` (None)."""
+        limits = QueryLimits(self.settings.query_timeout, self.settings.query_max_rows)
+        if pipe is None:
+            return limits
+        where = f"of pipe '{pipe.name}' ({pipe.path or pipe.name})"
+        if pipe.query_timeout is not None:
+            limits = dataclasses.replace(limits, timeout=pipe.query_timeout,
+                                         timeout_origin=f"QUERY_TIMEOUT {where}")
+        if pipe.query_max_rows is not None:
+            limits = dataclasses.replace(limits, max_rows=pipe.query_max_rows,
+                                         max_rows_origin=f"QUERY_MAX_ROWS {where}")
+        return limits
+
+    async def query(self, sql: str, limits: QueryLimits, *, query_id: str | None = None,
                     settings: dict[str, Any] | None = None) -> QueryResult:
-        """A read-only SELECT under the query time and result-row limits."""
-        limits = self.settings
+        """A read-only SELECT under ``limits``."""
 
         def run(sink: Sink) -> QueryResult:
-            return sink.query(sql, readonly=True, max_execution_time=limits.query_timeout,
-                              max_result_rows=limits.query_max_rows, query_id=query_id,
+            return sink.query(sql, readonly=True, max_execution_time=limits.timeout,
+                              max_result_rows=limits.max_rows, query_id=query_id,
                               settings=settings)
         if self.readers is not None:
             return await self.readers.run(run)
@@ -243,6 +275,8 @@ class Gateway:
         """The data sources (and their quarantines) ``token`` may read; None: all, as a
         published pipe reads whatever its SQL names. A data source the token reads
         through a row filter (JWT) comes without its quarantine."""
+        if token is None and self._all_tables:
+            return set(self._all_tables)
         names = set(self.tables) if token is None or token.is_admin else \
             token.resources(DATASOURCES_READ) & set(self.tables)
         filtered = token.filters if token is not None else {}
@@ -258,19 +292,16 @@ class Gateway:
                  if token.can(PIPES_READ, name)}
         adhoc = Pipe("_sql", "", (Node("_sql", q),))
         return compile_node(adhoc, "_sql", params, self.readable_tables(token) | set(pipes),
-                            pipes=pipes, pipe_tables=self.readable_tables(None),
-                            columns=datasource_columns(t.datasource
-                                                       for t in self.tables.values()),
+                            pipes=pipes, pipe_tables=self._all_tables,
+                            columns=self.table_columns,
                             row_filters=token.filters, fixed_params=token.fixed_params)
 
     def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]],
                      token: Token | None = None) -> CompiledQuery:
         """A pipe's endpoint, with ``token``'s fixed parameters (JWT) over ``params``;
         ``column()`` & co name only columns of the data sources."""
-        return compile_endpoint(pipe, params, self.readable_tables(None),
-                                pipes=self.project.pipes,
-                                columns=datasource_columns(t.datasource
-                                                           for t in self.tables.values()),
+        return compile_endpoint(pipe, params, self._all_tables, pipes=self.project.pipes,
+                                columns=self.table_columns,
                                 fixed_params=token.fixed_params if token is not None else None)
 
     def _create_views(self, database: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tornado import web
 
-from tinyingest import parser
+from tinyingest import parquet, parser
 from tinyingest.auth import (
     ADMIN,
     DATASOURCES_APPEND,
@@ -37,10 +37,10 @@ from tinyingest.auth import (
 )
 from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
-from tinyingest.gateway import Gateway, Ingest, Table, new_import_id
+from tinyingest.gateway import Gateway, Ingest, QueryLimits, Table, new_import_id
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
-from tinyingest.pipes import CompiledQuery, apply_q, datasource_columns, pipe_parameters
+from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
 from tinyingest.template import TemplateError
@@ -452,6 +452,7 @@ _FORMATS = {
     "csvwithnames": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson",
     "jsoneachrow": "application/x-ndjson",
+    "parquet": parquet.CONTENT_TYPE,
 }
 
 
@@ -488,32 +489,45 @@ class QueryHandler(BaseHandler):
         return {name: values[0] if len(values) == 1 else values
                 for name, values in merged.items()}
 
-    async def run_query(self, compiled: CompiledQuery, sql: str, output: str) -> None:
+    async def run_query(self, compiled: CompiledQuery, sql: str, output: str,
+                        limits: QueryLimits, params: dict[str, str | list[str]]) -> None:
+        if output == "parquet" and not parquet.available():
+            raise APIError(501, parquet.MISSING)
         self._query_id = f"{_QUERY_ID_PREFIX}-{next(_query_numbers)}"
         try:
-            result = await self.gateway.query(sql, query_id=self._query_id,
+            result = await self.gateway.query(sql, limits, query_id=self._query_id,
                                               settings=compiled.settings)
         except SinkError as error:
             if error.code == 159:  # TIMEOUT_EXCEEDED
-                raise APIError(408, f"query timeout: {error}") from None
-            if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES
-                raise APIError(400, f"result too large: {error}") from None
+                raise APIError(408, f"query timeout: the query ran longer than {limits.timeout:g}"
+                                    f" s, the limit set by {limits.timeout_origin} "
+                                    f"({error})") from None
+            if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES: only max_result_rows is set
+                raise APIError(400, f"result too large: more than {limits.max_rows} rows, the "
+                                    f"limit set by {limits.max_rows_origin}; filter or add a "
+                                    f"LIMIT ({error})") from None
             raise APIError(400, str(error)) from None
         finally:
             self._query_id = None
         if self._finished:
             return
-        self.write_result(result, output)
+        self.write_result(result, output, params)
 
     def on_connection_close(self) -> None:
         # The client is gone: stop its query in ClickHouse rather than let it run on.
         if self._query_id is not None:
             asyncio.ensure_future(self.gateway.cancel(self._query_id))
 
-    def write_result(self, result: QueryResult, output: str) -> None:
+    def write_result(self, result: QueryResult, output: str,
+                     params: dict[str, str | list[str]]) -> None:
         names = [name for name, _ in result.meta]
         self.set_header("Content-Type", _FORMATS[output])
-        if output == "json":
+        if output == "parquet":
+            # Tinybird's option (binary String columns unless it is 1).
+            option = params.get("output_format_parquet_string_as_string", "0")
+            self.finish(parquet.parquet_bytes(result.meta, result.rows, string_as_string=(
+                option if isinstance(option, str) else option[-1]) in ("1", "true")))
+        elif output == "json":
             body = query_json(result)
             self.finish(json.dumps(body, default=_json_value))
         elif output in ("ndjson", "jsoneachrow"):
@@ -549,7 +563,7 @@ class SQLHandler(QueryHandler):
 
     ``q`` comes from the query string, a form field, or the raw body. A ``q`` starting
     with ``%`` is a template rendered with the other parameters. JSON by default;
-    a trailing ``FORMAT`` picks CSV, CSVWithNames, JSONEachRow or JSON.
+    a trailing ``FORMAT`` picks CSV, CSVWithNames, JSONEachRow, JSON or Parquet.
     """
 
     async def get(self) -> None:
@@ -575,10 +589,10 @@ class SQLHandler(QueryHandler):
             output = match.group(1).lower()
             if output not in _FORMATS:
                 raise APIError(400, f"FORMAT {match.group(1)} is not supported: use JSON, CSV, "
-                                    "CSVWithNames or JSONEachRow")
+                                    "CSVWithNames, JSONEachRow or Parquet")
             sql = sql[: match.start()]
         compiled = self.gateway.compile_sql(sql, params, token)
-        await self.run_query(compiled, compiled.sql, output)
+        await self.run_query(compiled, compiled.sql, output, self.gateway.query_limits(), params)
 
 
 def query_json(result: QueryResult) -> dict[str, Any]:
@@ -595,7 +609,8 @@ def query_json(result: QueryResult) -> dict[str, Any]:
 
 
 class PipeDataHandler(QueryHandler):
-    """``GET|POST /v0/pipes/<name>.(json|csv|ndjson)``: a pipe's endpoint, with parameters."""
+    """``GET|POST /v0/pipes/<name>.(json|csv|csvwithnames|ndjson|parquet)``: a pipe's
+    endpoint, with parameters."""
 
     async def get(self, name: str, extension: str) -> None:
         await self._handle(self._serve(name, extension))
@@ -607,7 +622,8 @@ class PipeDataHandler(QueryHandler):
         token = self.require(PIPES_READ, name)
         output = extension.lower()
         if output not in _FORMATS:
-            raise APIError(400, f"format .{extension} is not supported: .json, .csv, .ndjson")
+            raise APIError(400, f"format .{extension} is not supported: .json, .csv, "
+                                ".csvwithnames, .ndjson, .parquet")
         pipe = self.gateway.project.pipes.get(name)
         if pipe is None:
             raise APIError(404, f"pipe '{name}' not found")
@@ -620,9 +636,8 @@ class PipeDataHandler(QueryHandler):
             # q is the caller's own SQL: it reads only what the token may read.
             sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
                           self.gateway.readable_tables(token), row_filters=token.filters,
-                          columns=datasource_columns(
-                              t.datasource for t in self.gateway.tables.values()))
-        await self.run_query(compiled, sql, output)
+                          columns=self.gateway.table_columns)
+        await self.run_query(compiled, sql, output, self.gateway.query_limits(pipe), params)
 
 
 def pipe_json(pipe: Pipe) -> dict[str, Any]:

@@ -20,6 +20,7 @@ servers (Debian's 18.16, revision 54412) and current ones (custom-serialization 
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from typing import Any
@@ -27,7 +28,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_driver import Client, defines, errors
 from clickhouse_driver.block import RowOrientedBlock
-from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.clientinfo import ClientInfo
+from clickhouse_driver.protocol import ClientPacketTypes, Compression, ServerPacketTypes
+from clickhouse_driver.queryprocessingstage import QueryProcessingStage
+from clickhouse_driver.settings.writer import SettingsFlags, write_settings
+from clickhouse_driver.writer import write_binary_str
+from clickhouse_driver.varint import write_varint
 
 from tinyingest.block import EncodedBlock
 from tinyingest.native import binary_str, varint
@@ -133,6 +139,7 @@ class ClickHouseSink:
             settings=self._settings,
         )
         self._last_used = 0.0
+        self._client_info: ClientInfo | None = None
         self._driver_force_connect = self._client.connection.force_connect
         self._client.connection.force_connect = self._force_connect
 
@@ -202,24 +209,63 @@ class ClickHouseSink:
             settings["readonly"] = 1  # last: the limits above are applied before it
         start = time.monotonic()
         with self._errors():
-            rows, columns = self._client.execute(sql, settings=settings, with_column_types=True,
-                                                 query_id=query_id or "")
-            last = self._client.last_query
-        elapsed = time.monotonic() - start
-        rows_read = bytes_read = rows_before_limit = 0
-        if last is not None and last.progress is not None:
-            rows_read = int(last.progress.rows)
-            bytes_read = int(last.progress.bytes)
-        if last is not None and last.profile_info is not None:
-            rows_before_limit = int(last.profile_info.rows_before_limit or 0)
+            self._force_connect()
+            connection = self._client.connection
+            answer = _Answer()
+            try:
+                # Client.execute would send the query and the end of its (empty) external
+                # tables in two writes; one is enough.
+                connection.socket.sendall(self._query_packet(sql, query_id, settings))
+                while not answer.done:
+                    answer.add(connection.receive_packet())
+            except BaseException:
+                # As the driver does after any error (half an exchange leaves the stream
+                # unusable): drop the connection; the next query reconnects.
+                self._client.disconnect()
+                raise
         return QueryResult(
-            meta=[(str(name), str(ch_type)) for name, ch_type in columns],
-            rows=[tuple(row) for row in rows],
-            rows_read=rows_read,
-            bytes_read=bytes_read,
-            elapsed=elapsed,
-            rows_before_limit=rows_before_limit,
+            meta=answer.meta,
+            rows=answer.rows,
+            rows_read=answer.rows_read,
+            bytes_read=answer.bytes_read,
+            elapsed=time.monotonic() - start,
+            rows_before_limit=answer.rows_before_limit,
         )
+
+    def _query_packet(self, sql: str, query_id: str | None, settings: dict[str, Any]) -> bytes:
+        """A Query packet and the empty Data block that ends it (no external tables), as
+        ``Connection.send_query`` and ``send_external_tables`` write them, in one buffer:
+        one send."""
+        connection = self._client.connection
+        revision = connection.server_info.used_revision
+        out = io.BytesIO()
+        write_varint(ClientPacketTypes.QUERY, out)
+        write_binary_str(query_id or "", out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_CLIENT_INFO:
+            if self._client_info is None:
+                # The driver builds one per query, looking the OS user up each time.
+                self._client_info = ClientInfo(connection.client_name, connection.context,
+                                               client_revision=connection.client_revision)
+                self._client_info.query_kind = ClientInfo.QueryKind.INITIAL_QUERY
+            self._client_info.initial_query_start_time_microseconds = int(time.time() * 1e6)
+            self._client_info.write(revision, out)
+        as_strings = revision >= defines.DBMS_MIN_REVISION_WITH_SETTINGS_SERIALIZED_AS_STRINGS
+        write_settings({**self._settings, **settings}, out, as_strings,
+                       SettingsFlags.IMPORTANT if connection.settings_is_important else 0)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_INTERSERVER_SECRET:
+            write_binary_str("", out)
+        write_varint(QueryProcessingStage.COMPLETE, out)
+        write_varint(Compression.DISABLED, out)
+        write_binary_str(sql, out)
+        if revision >= defines.DBMS_MIN_PROTOCOL_VERSION_WITH_PARAMETERS:
+            write_settings({}, out, True, SettingsFlags.CUSTOM)
+        write_varint(ClientPacketTypes.DATA, out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+            write_binary_str("", out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
+            out.write(_BLOCK_INFO)
+        out.write(b"\x00\x00")  # no columns, no rows
+        return out.getvalue()
 
     def cancel(self, query_id: str) -> None:
         """Stop a running query (its client went away), from a connection of its own."""
@@ -301,6 +347,36 @@ class ClickHouseSink:
 
     def _errors(self) -> _ErrorMapper:
         return _ErrorMapper(self._client)
+
+
+class _Answer:
+    """What the packets answering one query carry (see :meth:`ClickHouseSink.query`)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.meta: list[tuple[str, str]] = []
+        self.rows: list[tuple[Any, ...]] = []
+        self.rows_read = self.bytes_read = self.rows_before_limit = 0
+
+    def add(self, packet: Any) -> None:
+        """One packet, as read by the driver's ``Connection.receive_packet``."""
+        kind = packet.type
+        if kind == ServerPacketTypes.DATA:
+            block = packet.block
+            if not self.meta and block.columns_with_types:
+                self.meta = [(str(name), str(ch_type))
+                             for name, ch_type in block.columns_with_types]
+            if block.num_rows:
+                self.rows.extend(tuple(row) for row in block.get_rows())
+        elif kind == ServerPacketTypes.EXCEPTION:
+            raise packet.exception
+        elif kind == ServerPacketTypes.PROGRESS:
+            self.rows_read += int(packet.progress.rows)
+            self.bytes_read += int(packet.progress.bytes)
+        elif kind == ServerPacketTypes.PROFILE_INFO:
+            self.rows_before_limit = int(packet.profile_info.rows_before_limit or 0)
+        elif kind == ServerPacketTypes.END_OF_STREAM:
+            self.done = True
 
 
 class _ErrorMapper:
