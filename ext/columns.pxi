@@ -68,10 +68,20 @@ cdef inline int col_end_string(Column* col) noexcept nogil:
     return buf_append(&col.offsets, <const char*>&end, 8)
 
 
-cdef int col_append_value(Column* col, const char* value, Py_ssize_t n, char null_flag) noexcept nogil:
-    # Append an already converted value (fixed width) or string bytes.
-    if buf_append(&col.values, value, n) < 0:
+cdef inline int col_append_value(Column* col, const char* value, Py_ssize_t n, char null_flag) noexcept nogil:
+    # Append an already converted value (fixed width) or string bytes. Inline: the
+    # converters pass a constant n, so the copy becomes one store, not a memcpy call.
+    cdef char* dst
+    if col.values.len + n > col.values.cap and buf_reserve(&col.values, n) < 0:
         return ERR_NO_MEMORY
+    dst = col.values.ptr + col.values.len
+    if n == 8:
+        memcpy(dst, value, 8)
+    elif n == 4:
+        memcpy(dst, value, 4)
+    elif n:
+        memcpy(dst, value, <size_t>n)
+    col.values.len += n
     if col.width == 0 and col_end_string(col) < 0:
         return ERR_NO_MEMORY
     if col_push_null_flag(col, null_flag) < 0:
@@ -208,7 +218,7 @@ cdef bint utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t step
     while pos < n:
         if s[pos] < 0x80:
-            pos += 1
+            pos = scan_non_ascii(s, pos + 1, n)  # ASCII runs 16 bytes at a time
             continue
         step = utf8_sequence(s, pos, n)
         if step == 0:
@@ -377,12 +387,69 @@ cdef inline bint fast_decimal(const unsigned char* s, Py_ssize_t n, double* out)
     return True
 
 
+cdef inline bint plain_decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
+    # The common case in one pass: [+-]digits[.digits], at most 19 significant digits
+    # making m <= 2**53, at most 22 fraction digits: m / 10**k rounds exactly as strtod
+    # (see fast_decimal). False for anything else, valid or not: the caller then checks
+    # the grammar and takes the general path.
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t frac_start
+    cdef uint64_t mantissa = 0
+    cdef int digits = 0
+    cdef int exp10 = 0
+    cdef bint negative = False
+    cdef unsigned char c
+    cdef double value
+    if n == 0:
+        return False
+    if s[0] == b'+' or s[0] == b'-':
+        negative = s[0] == b'-'
+        pos = 1
+    frac_start = pos
+    while pos < n:
+        c = s[pos]
+        if not is_digit(c):
+            break
+        if mantissa or c != b'0':
+            if digits == 19:
+                return False
+            mantissa = mantissa * 10 + (c - 48)
+            digits += 1
+        pos += 1
+    if pos < n and s[pos] == b'.':
+        pos += 1
+        while pos < n:
+            c = s[pos]
+            if not is_digit(c):
+                return False
+            if mantissa or c != b'0':
+                if digits == 19:
+                    return False
+                mantissa = mantissa * 10 + (c - 48)
+                digits += 1
+            exp10 -= 1
+            pos += 1
+        if pos - frac_start == 1:
+            return False  # a lone '.'
+    elif pos < n or pos == frac_start:
+        return False  # an exponent, another byte, or no digit
+    if mantissa > (<uint64_t>1 << 53) or exp10 < -22:
+        return False
+    value = <double>mantissa
+    if exp10:
+        value = value / EXACT_POW10[-exp10]
+    out[0] = -value if negative else value
+    return True
+
+
 cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef char local[128]
     cdef char* text = local
     cdef double value
     cdef float narrow
     cdef int rc
+    if plain_decimal(s, n, &value):
+        return float_store(col, value)
     if not is_float_text(s, n):
         return ERR_BAD_VALUE
     if fast_decimal(s, n, &value):
