@@ -11,7 +11,7 @@ cdef enum:
 
 
 cdef struct Field:
-    Py_ssize_t off      # the field's text in _fields_text
+    const char* ptr     # the field's text: in the record, or unquoted in _fields_text
     Py_ssize_t len
     bint quoted
 
@@ -133,7 +133,12 @@ cdef class CSVParser(_ParserCore):
         cdef bint in_quotes = self._in_quotes
         cdef int rc
         cdef unsigned char c
+        # Only quotes, newlines and the escape character matter here: jump between them.
+        cdef unsigned char escape = <unsigned char>self._escape if self._escape >= 0 else b'"'
         while pos < n:
+            pos = scan_any3(<const unsigned char*>data, pos, n, b'"', b'\n', escape)
+            if pos >= n:
+                break
             c = <unsigned char>data[pos]
             if c == self._escape:
                 pos += 2
@@ -209,9 +214,25 @@ cdef class CSVParser(_ParserCore):
         fields = <Field*>self._fields.ptr
         out = self._fields_text.ptr
         count[0] = 0
+        cdef Py_ssize_t stop
+        cdef unsigned char stop_escape = <unsigned char>escape if escape >= 0 else b'"'
         while True:
-            field.off = self._fields_text.len
+            field.ptr = out + self._fields_text.len
             field.quoted = False
+            if pos < end and rec[pos] != b'"':
+                # Fast path: an unquoted field without quote or escape character is used
+                # in place; otherwise it is copied below from its start.
+                stop = scan_any3(rec, pos, end, <unsigned char>delimiter, b'"', stop_escape)
+                if stop == end or rec[stop] == delimiter:
+                    field.ptr = <const char*>rec + pos
+                    field.len = stop - pos
+                    if count[0] < self._num_fields:
+                        fields[count[0]] = field
+                    count[0] += 1
+                    if stop >= end:
+                        return ERR_NONE
+                    pos = stop + 1
+                    continue
             if pos < end and rec[pos] == b'"':
                 field.quoted = True
                 pos += 1
@@ -250,7 +271,7 @@ cdef class CSVParser(_ParserCore):
                     out[self._fields_text.len] = c
                     self._fields_text.len += 1
                     pos += 1
-            field.len = self._fields_text.len - field.off
+            field.len = out + self._fields_text.len - field.ptr
             if count[0] < self._num_fields:
                 fields[count[0]] = field
             count[0] += 1
@@ -280,7 +301,7 @@ cdef class CSVParser(_ParserCore):
             col = &self._cols[i]
             slot.kind = KIND_TEXT
             slot.escaped = False
-            slot.ptr = self._fields_text.ptr + field.off
+            slot.ptr = field.ptr
             slot.len = field.len
             # An empty unquoted field is NULL for Nullable, the DEFAULT if there is one;
             # \N is NULL (an error for non-Nullable).
