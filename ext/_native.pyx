@@ -458,6 +458,15 @@ cdef class _ParserCore:
         cdef Slot* slot = &self._slots[i]
         cdef Column* col = &self._cols[i]
         cdef int rc, code
+        if (slot.kind == KIND_TEXT or (slot.kind == KIND_JSON_STRING and not slot.escaped)) \
+                and not col.nelems and not col.depth:
+            # The common case, what _store_elem ends with: text straight into a scalar column.
+            rc = convert_text(col, <const unsigned char*>slot.ptr, slot.len,
+                              slot.kind == KIND_TEXT)
+            if rc == ERR_NONE or rc == ERR_NO_MEMORY:
+                return rc
+            code = self._fail_row(row, n, i, i, rc, slot.ptr, slot.len)
+            return rc if code == ERR_NONE else code
         if col.nelems:
             col.marks[0] = self._num_rows  # each element holds this many values
             rc = self._store_tuple(col, slot.kind, slot.escaped, slot.ptr, slot.len)

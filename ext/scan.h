@@ -1,6 +1,8 @@
 /* Byte scans for the parsers' hot loops: 16 bytes at a time with SSE2 (baseline on
  * x86-64), one byte at a time elsewhere. Each returns the first position in [pos, end)
- * holding a wanted byte, or end; only bytes inside [pos, end) are read. */
+ * holding a wanted byte, or end. s[0, end) must be readable: the last, short step
+ * rereads the 16 bytes ending at end and ignores those before pos, so short fields and
+ * tails take one SIMD step too. Nothing outside s[0, end) is read. */
 
 #ifndef TINYINGEST_SCAN_H
 #define TINYINGEST_SCAN_H
@@ -9,25 +11,36 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
-#define TINYINGEST_SSE2 1
+
+/* The wanted bytes of 16 at s, as a bit mask. */
+#define SCAN_LOOP(MASK_OF)                                                              \
+    while (pos + 16 <= end) {                                                           \
+        unsigned int mask = (unsigned int)_mm_movemask_epi8(                            \
+            MASK_OF(_mm_loadu_si128((const __m128i *)(s + pos))));                      \
+        if (mask)                                                                       \
+            return pos + __builtin_ctz(mask);                                           \
+        pos += 16;                                                                      \
+    }                                                                                   \
+    if (pos < end && end >= 16) {                                                       \
+        unsigned int mask = (unsigned int)_mm_movemask_epi8(                            \
+            MASK_OF(_mm_loadu_si128((const __m128i *)(s + end - 16))));                 \
+        mask >>= pos - (end - 16);                                                      \
+        return mask ? pos + __builtin_ctz(mask) : end;                                  \
+    }
 #endif
 
 /* First byte equal to a, b or c (pass a twice for fewer). */
 static inline Py_ssize_t scan_any3(const unsigned char *s, Py_ssize_t pos, Py_ssize_t end,
                                    unsigned char a, unsigned char b, unsigned char c)
 {
-#ifdef TINYINGEST_SSE2
+#if defined(__SSE2__)
     const __m128i va = _mm_set1_epi8((char)a);
     const __m128i vb = _mm_set1_epi8((char)b);
     const __m128i vc = _mm_set1_epi8((char)c);
-    while (pos + 16 <= end) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(s + pos));
-        int mask = _mm_movemask_epi8(_mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(x, va), _mm_cmpeq_epi8(x, vb)), _mm_cmpeq_epi8(x, vc)));
-        if (mask)
-            return pos + __builtin_ctz((unsigned int)mask);
-        pos += 16;
-    }
+#define ANY3(x) _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, va), _mm_cmpeq_epi8(x, vb)), \
+                             _mm_cmpeq_epi8(x, vc))
+    SCAN_LOOP(ANY3)
+#undef ANY3
 #endif
     while (pos < end && s[pos] != a && s[pos] != b && s[pos] != c)
         pos++;
@@ -38,20 +51,16 @@ static inline Py_ssize_t scan_any3(const unsigned char *s, Py_ssize_t pos, Py_ss
 static inline Py_ssize_t scan_json_string(const unsigned char *s, Py_ssize_t pos,
                                           Py_ssize_t end)
 {
-#ifdef TINYINGEST_SSE2
+#if defined(__SSE2__)
     const __m128i quote = _mm_set1_epi8('"');
     const __m128i backslash = _mm_set1_epi8('\\');
     const __m128i space = _mm_set1_epi8(0x20);
-    while (pos + 16 <= end) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(s + pos));
-        /* Signed compare: bytes >= 0x80 are negative, so "< 0x20" catches them too. */
-        int mask = _mm_movemask_epi8(_mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-            _mm_cmplt_epi8(x, space)));
-        if (mask)
-            return pos + __builtin_ctz((unsigned int)mask);
-        pos += 16;
-    }
+    /* Signed compare: bytes >= 0x80 are negative, so "< 0x20" catches them too. */
+#define STOP(x) _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), \
+                                          _mm_cmpeq_epi8(x, backslash)), \
+                             _mm_cmplt_epi8(x, space))
+    SCAN_LOOP(STOP)
+#undef STOP
 #endif
     while (pos < end && s[pos] != '"' && s[pos] != '\\' && s[pos] >= 0x20 && s[pos] < 0x80)
         pos++;
@@ -61,13 +70,10 @@ static inline Py_ssize_t scan_json_string(const unsigned char *s, Py_ssize_t pos
 /* First byte >= 0x80. */
 static inline Py_ssize_t scan_non_ascii(const unsigned char *s, Py_ssize_t pos, Py_ssize_t end)
 {
-#ifdef TINYINGEST_SSE2
-    while (pos + 16 <= end) {
-        int mask = _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(s + pos)));
-        if (mask)
-            return pos + __builtin_ctz((unsigned int)mask);
-        pos += 16;
-    }
+#if defined(__SSE2__)
+#define HIGH(x) (x)
+    SCAN_LOOP(HIGH)
+#undef HIGH
 #endif
     while (pos < end && s[pos] < 0x80)
         pos++;

@@ -394,6 +394,22 @@ def test_duplicate_keys(parser_module: ModuleType) -> None:
     ])
 
 
+def test_keys_in_changing_order_and_spellings(parser_module: ModuleType) -> None:
+    # The C scan first compares each key with the one that followed in the last row:
+    # other orders, unknown keys, a longer key sharing the prefix, escaped spellings and
+    # a key that needs an escape (q\k) must still find (or miss) the right column.
+    columns = [col("Int8", "$.ts", "ts"), col("Int8", "$.t", "t"), col("Int8", "$.g.x", "gx"),
+               col("Int8", "$.q\\k", "bs")]
+    body = lines(b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}', b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}',
+                 b'{"t":5,"ts":6}', b'{"tsx":9,"ts":7,"zz":0,"t":8}', b'{"t\\u0073":1,"\\u0074":2}',
+                 b'{"g":{"y":1,"x":4},"ts":3}', b'{"ts":1,"t\\u0073":2}', b'{"ts":1,"t":2,"t":3}')
+    check(parser_module, columns, body, [(1, 2, 3, 4), (1, 2, 3, 4), (6, 5, 0, 0), (7, 8, 0, 0),
+                                         (1, 2, 0, 0), (3, 0, 4, 0)], [
+        (b'{"ts":1,"t\\u0073":2}', 0, E.DUPLICATE_KEY, b""),
+        (b'{"ts":1,"t":2,"t":3}', 1, E.DUPLICATE_KEY, b""),
+    ])
+
+
 def test_long_value_in_error_is_truncated(parser_module: ModuleType) -> None:
     text = b"x" * 300
     check(parser_module, [col("Int8")], lines(b'{"v":"' + text + b'"}'), [],
