@@ -68,23 +68,34 @@ cdef inline int col_end_string(Column* col) noexcept nogil:
     return buf_append(&col.offsets, <const char*>&end, 8)
 
 
-cdef inline int col_append_value(Column* col, const char* value, Py_ssize_t n, char null_flag) noexcept nogil:
-    # Append an already converted value (fixed width) or string bytes. Inline: the
-    # converters pass a constant n, so the copy becomes one store, not a memcpy call.
-    cdef char* dst
-    if col.values.len + n > col.values.cap and buf_reserve(&col.values, n) < 0:
+cdef int col_append_value(Column* col, const char* value, Py_ssize_t n, char null_flag) noexcept nogil:
+    # Append an already converted value (fixed width) or string bytes.
+    if buf_append(&col.values, value, n) < 0:
         return ERR_NO_MEMORY
-    dst = col.values.ptr + col.values.len
-    if n == 8:
-        memcpy(dst, value, 8)
-    elif n == 4:
-        memcpy(dst, value, 4)
-    elif n:
-        memcpy(dst, value, <size_t>n)
-    col.values.len += n
     if col.width == 0 and col_end_string(col) < 0:
         return ERR_NO_MEMORY
     if col_push_null_flag(col, null_flag) < 0:
+        return ERR_NO_MEMORY
+    return ERR_NONE
+
+
+cdef inline int col_append_fixed(Column* col, const void* value, Py_ssize_t width) noexcept nogil:
+    # A converted fixed-width value (not NULL), inline in the hot converters: with the
+    # width known at the call site the copy is one store, not a call to memcpy.
+    cdef char* dst
+    if col.values.len + width > col.values.cap and buf_reserve(&col.values, width) < 0:
+        return ERR_NO_MEMORY
+    dst = col.values.ptr + col.values.len
+    if width == 8:
+        memcpy(dst, value, 8)
+    elif width == 4:
+        memcpy(dst, value, 4)
+    elif width == 2:
+        memcpy(dst, value, 2)
+    else:
+        memcpy(dst, value, <size_t>width)
+    col.values.len += width
+    if col.nullable and buf_append_byte(&col.nulls, 0) < 0:
         return ERR_NO_MEMORY
     return ERR_NONE
 
@@ -275,7 +286,7 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
         if magnitude > limit:
             return ERR_OUT_OF_RANGE
         uval = magnitude
-        return col_append_value(col, <const char*>&uval, col.width, 0)
+        return col_append_fixed(col, &uval, col.width)
     limit = 0x7F if code == TYPE_INT8 else 0x7FFF if code == TYPE_INT16 else \
         0x7FFFFFFF if code == TYPE_INT32 else <uint64_t>0x7FFFFFFFFFFFFFFF
     if magnitude > limit + (1 if negative else 0):
@@ -285,7 +296,7 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
     else:
         sval = <int64_t>magnitude
     # Little-endian: the low bytes of the int64 are the narrower value.
-    return col_append_value(col, <const char*>&sval, col.width, 0)
+    return col_append_fixed(col, &sval, col.width)
 
 
 cdef bint is_float_text(const unsigned char* s, Py_ssize_t n) noexcept nogil:
@@ -475,8 +486,8 @@ cdef inline int float_store(Column* col, double value) noexcept nogil:
         narrow = <float>value
         if isinf(narrow):
             return ERR_OUT_OF_RANGE
-        return col_append_value(col, <const char*>&narrow, 4, 0)
-    return col_append_value(col, <const char*>&value, 8, 0)
+        return col_append_fixed(col, &narrow, 4)
+    return col_append_fixed(col, &value, 8)
 
 
 @cython.cdivision(True)
@@ -668,7 +679,7 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
     if seconds < 0 or seconds > 0xFFFFFFFFLL:
         return ERR_OUT_OF_RANGE
     second_value = <uint32_t>seconds
-    return col_append_value(col, <const char*>&second_value, 4, 0)
+    return col_append_fixed(col, &second_value, 4)
 
 
 cdef enum:
