@@ -31,6 +31,14 @@ cdef struct Column:
     Buf enum_entries    # Enum8/16: EnumEntry array
     Py_ssize_t enum_count
     int scale           # DateTime64(p): p; Decimal(P, S): S
+    # Date/DateTime text: the last valid YYYY-MM-DD seen and its day number (values in a
+    # stream mostly share their date, so its parse and days_from_civil are skipped).
+    bint date_cached
+    char date_text[10]
+    int date_year
+    int date_month
+    int date_day
+    int64_t date_days
     int precision       # Decimal(P, S): P
     # Array(T) / Array(Array(T)): values, offsets and nulls above hold the elements.
     int depth           # 1 or 2 for an Array column; 0 otherwise
@@ -608,13 +616,26 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             return col_append_value(col, <const char*>&day_value, 2, 0)
         second_value = <uint32_t>seconds
         return col_append_value(col, <const char*>&second_value, 4, 0)
-    year = digits_at(s, n, 0, 4)
-    if year < 0 or n < 10 or s[4] != b'-' or s[7] != b'-':
-        return ERR_BAD_VALUE
-    month = digits_at(s, n, 5, 2)
-    day = digits_at(s, n, 8, 2)
-    if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month):
-        return ERR_BAD_VALUE
+    if col.date_cached and n >= 10 and memcmp(s, col.date_text, 10) == 0:
+        year = col.date_year
+        month = col.date_month
+        day = col.date_day
+        days = col.date_days
+    else:
+        year = digits_at(s, n, 0, 4)
+        if year < 0 or n < 10 or s[4] != b'-' or s[7] != b'-':
+            return ERR_BAD_VALUE
+        month = digits_at(s, n, 5, 2)
+        day = digits_at(s, n, 8, 2)
+        if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month):
+            return ERR_BAD_VALUE
+        days = days_from_civil(year, month, day)
+        memcpy(col.date_text, s, 10)
+        col.date_year = year
+        col.date_month = month
+        col.date_day = day
+        col.date_days = days
+        col.date_cached = True
     pos = 10
     if pos < n:
         if s[pos] != b'T' and s[pos] != b' ':
@@ -662,7 +683,6 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             offset = sign * (off_h * 3600 + off_m * 60)
         if pos != n:
             return ERR_BAD_VALUE
-    days = days_from_civil(year, month, day)
     if date32:
         if days < DATE32_MIN or days > DATE32_MAX:
             return ERR_OUT_OF_RANGE
