@@ -17,7 +17,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from codes cimport *
 from buffers cimport Buf, buf_reserve, buf_append, buf_append_byte, buf_free
-from scan cimport scan_any3, scan_json_string, scan_non_ascii
+from scan cimport (scan_any3, scan_json_string, scan_non_ascii, load8, eight_digits,
+                  eight_digits_value)
 
 import sys
 

@@ -270,6 +270,9 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
         if pos == n:
             return ERR_BAD_VALUE
         if n - pos <= 19:  # fits in uint64: no overflow check per digit
+            while n - pos >= 8 and eight_digits(load8(s + pos)):
+                magnitude = magnitude * 100000000 + eight_digits_value(load8(s + pos))
+                pos += 8
             while pos < n:
                 if not is_digit(s[pos]):
                     return ERR_BAD_VALUE

@@ -391,6 +391,8 @@ cdef class NDJSONParser(_ParserCore):
         if pos < end and row[pos] == b'0':
             pos += 1
         elif pos < end and b'1' <= row[pos] <= b'9':
+            while end - pos >= 8 and eight_digits(load8(row + pos)):
+                pos += 8
             while pos < end and is_digit(row[pos]):
                 pos += 1
         else:

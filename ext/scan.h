@@ -8,6 +8,8 @@
 #define TINYINGEST_SCAN_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -78,6 +80,30 @@ static inline Py_ssize_t scan_non_ascii(const unsigned char *s, Py_ssize_t pos, 
     while (pos < end && s[pos] < 0x80)
         pos++;
     return pos;
+}
+
+/* Eight ASCII digits at a time (the extension is built for little-endian hosts only):
+ * simdjson's is_made_of_eight_digits_fast and parse_eight_digits_unrolled. */
+static inline uint64_t load8(const unsigned char *s)
+{
+    uint64_t v;
+    memcpy(&v, s, 8);
+    return v;
+}
+
+static inline int eight_digits(uint64_t v)
+{
+    return ((v & 0xF0F0F0F0F0F0F0F0ULL)
+            | (((v + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) >> 4))
+           == 0x3333333333333333ULL;
+}
+
+static inline uint64_t eight_digits_value(uint64_t v)
+{
+    v -= 0x3030303030303030ULL;
+    v = v * 10 + (v >> 8);
+    return (((v & 0x000000FF000000FFULL) * 0x000F424000000064ULL)
+            + (((v >> 16) & 0x000000FF000000FFULL) * 0x0000271000000001ULL)) >> 32;
 }
 
 #endif
