@@ -459,15 +459,6 @@ cdef class _ParserCore:
         cdef Slot* slot = &self._slots[i]
         cdef Column* col = &self._cols[i]
         cdef int rc, code
-        if (slot.kind == KIND_TEXT or (slot.kind == KIND_JSON_STRING and not slot.escaped)) \
-                and not col.nelems and not col.depth:
-            # The common case, what _store_elem ends with: text straight into a scalar column.
-            rc = convert_text(col, <const unsigned char*>slot.ptr, slot.len,
-                              slot.kind == KIND_TEXT)
-            if rc == ERR_NONE or rc == ERR_NO_MEMORY:
-                return rc
-            code = self._fail_row(row, n, i, i, rc, slot.ptr, slot.len)
-            return rc if code == ERR_NONE else code
         if col.nelems:
             col.marks[0] = self._num_rows  # each element holds this many values
             rc = self._store_tuple(col, slot.kind, slot.escaped, slot.ptr, slot.len)
@@ -796,9 +787,23 @@ cdef class _ParserCore:
     @cython.final
     cdef int _store_all(self, const char* row, Py_ssize_t n) noexcept nogil:
         cdef int i
-        cdef int rc
+        cdef int rc, code
+        cdef Slot* slot
+        cdef Column* col
         for i in range(self._ncols):
-            rc = self._store(row, n, i)
+            slot = &self._slots[i]
+            col = &self._cols[i]
+            if (slot.kind == KIND_TEXT or (slot.kind == KIND_JSON_STRING and not slot.escaped)) \
+                    and not col.nelems and not col.depth:
+                # The common case, what _store ends with: text straight into a scalar
+                # column (JSON strings were validated as UTF-8 by the scan).
+                rc = convert_text(col, <const unsigned char*>slot.ptr, slot.len,
+                                  slot.kind == KIND_TEXT)
+                if rc != ERR_NONE and rc != ERR_NO_MEMORY:
+                    code = self._fail_row(row, n, i, i, rc, slot.ptr, slot.len)
+                    rc = rc if code == ERR_NONE else code
+            else:
+                rc = self._store(row, n, i)
             if rc == ERR_NO_MEMORY:
                 return rc
             if rc != ERR_NONE:
