@@ -60,7 +60,8 @@ cdef const unsigned char[::1] as_bytes_view(data):
 
 
 cdef inline bint is_ws(unsigned char c) noexcept nogil:
-    return c == b' ' or c == b'\t' or c == b'\r' or c == b'\n'
+    # One compare for the usual answer (no: a byte above the space).
+    return c <= b' ' and (c == b' ' or c == b'\t' or c == b'\r' or c == b'\n')
 
 
 cdef class _ParserCore:

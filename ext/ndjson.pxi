@@ -34,6 +34,8 @@ cdef class NDJSONParser(_ParserCore):
     cdef int* _first_key        # per node: the child matched first in its last object, or -1
     cdef int* _follow           # per node: the sibling matched after it last time, or -1
     cdef char* _plain           # per node: its key's JSON text is its bytes (no escapes needed)
+    cdef uint64_t* _key_word    # per node: a key of <= 7 bytes and its closing quote, as a word
+    cdef uint64_t* _key_mask    # per node: the bytes of _key_word to compare; 0: compare bytes
 
     def __cinit__(self, *args, **kwargs):
         self._first_child = NULL
@@ -48,6 +50,8 @@ cdef class NDJSONParser(_ParserCore):
         self._first_key = NULL
         self._follow = NULL
         self._plain = NULL
+        self._key_word = NULL
+        self._key_mask = NULL
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         super().__init__(columns, max_row_bytes=max_row_bytes)
@@ -81,7 +85,9 @@ cdef class NDJSONParser(_ParserCore):
         self._first_key = <int*>PyMem_Malloc(sizeof(int) * count)
         self._follow = <int*>PyMem_Malloc(sizeof(int) * count)
         self._plain = <char*>PyMem_Malloc(count)
-        if (self._first_key == NULL or self._follow == NULL or self._plain == NULL or self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
+        self._key_word = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * count)
+        self._key_mask = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * count)
+        if (self._key_word == NULL or self._key_mask == NULL or self._first_key == NULL or self._follow == NULL or self._plain == NULL or self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
                 or self._key_len == NULL or self._parent == NULL or self._index == NULL):
             raise MemoryError()
@@ -95,6 +101,8 @@ cdef class NDJSONParser(_ParserCore):
             self._first_key[i] = -1
             self._follow[i] = -1
             self._plain[i] = False
+            self._key_word[i] = 0
+            self._key_mask[i] = 0
             self._leaf_start[i] = leaf_pos
             self._leaf_count[i] = len(nodes[i][1])
             for column in nodes[i][1]:
@@ -115,6 +123,9 @@ cdef class NDJSONParser(_ParserCore):
                     # as is, a JSON key equal to it has exactly these bytes.
                     self._plain[child] = all(byte >= 0x20 and byte != 0x22 and byte != 0x5C
                                              for byte in raw)
+                    if len(raw) <= 7:  # little-endian loads (checked at import)
+                        self._key_word[child] = int.from_bytes(raw + b'"', "little")
+                        self._key_mask[child] = (1 << (8 * len(raw) + 8)) - 1
                     if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
                         raise MemoryError()
                 if previous < 0:
@@ -136,6 +147,8 @@ cdef class NDJSONParser(_ParserCore):
         PyMem_Free(self._first_key)
         PyMem_Free(self._follow)
         PyMem_Free(self._plain)
+        PyMem_Free(self._key_word)
+        PyMem_Free(self._key_mask)
         buf_free(&self._keys)
 
     def feed(self, data):
@@ -225,8 +238,8 @@ cdef class NDJSONParser(_ParserCore):
             return self._record_error(row_chars, n, -1, ERR_INVALID_JSON, NULL, 0)
         return self._store_all(row_chars, n)
 
-    cdef int _record_slot(self, int node, int kind, bint escaped, const unsigned char* ptr,
-                          Py_ssize_t length) noexcept nogil:
+    cdef inline int _record_slot(self, int node, int kind, bint escaped,
+                                 const unsigned char* ptr, Py_ssize_t length) noexcept nogil:
         cdef int k, column
         for k in range(self._leaf_start[node], self._leaf_start[node] + self._leaf_count[node]):
             column = self._leaves[k]
@@ -239,38 +252,32 @@ cdef class NDJSONParser(_ParserCore):
             self._slots[column].len = length
         return 0
 
-    cdef Py_ssize_t _scan_value(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
-                                int depth, int node) noexcept nogil:
+    cdef inline Py_ssize_t _scan_value(self, const unsigned char* row, Py_ssize_t pos,
+                                       Py_ssize_t end, int depth, int node) noexcept nogil:
         # Scan the value at pos; record it for node's columns; return its end or -1.
+        # Inline in the object and array scans: scalars here, containers in _scan_nested.
         cdef unsigned char c
         cdef bint escaped = False
         cdef bint has_leaves = node >= 0 and self._leaf_count[node] > 0
-        cdef int leaf_col = self._leaves[self._leaf_start[node]] if has_leaves else -1
         cdef Py_ssize_t stop
         if pos >= end:
             return self._fail(ERR_INVALID_JSON, -1)
         c = row[pos]
         if c == b'"':
-            stop = self._scan_string(row, pos, end, leaf_col, &escaped)
+            stop = self._scan_string(row, pos, end,
+                                     self._leaves[self._leaf_start[node]] if has_leaves else -1,
+                                     &escaped)
             if stop < 0:
                 return -1
             if has_leaves and self._record_slot(node, KIND_JSON_STRING, escaped, row + pos + 1,
                                                 stop - pos - 2) < 0:
                 return -1
             return stop
-        if c == b'{' or c == b'[':
-            if depth > MAX_DEPTH:
-                return self._fail(ERR_TOO_DEEP, -1)
-            if c == b'{':
-                stop = self._scan_object(row, pos, end, depth, node)
-            else:
-                stop = self._scan_array(row, pos, end, depth, node)
-            if stop < 0:
-                return -1
-            if has_leaves and self._record_slot(node, KIND_NESTED, False, row + pos, stop - pos) < 0:
-                return -1
-            return stop
-        if c == b't' and end - pos >= 4 and memcmp(row + pos, b"true", 4) == 0:
+        if c == b'-' or is_digit(c):
+            stop = self._scan_number(row, pos, end)
+        elif c == b'{' or c == b'[':
+            return self._scan_nested(row, pos, end, depth, node)
+        elif c == b't' and end - pos >= 4 and memcmp(row + pos, b"true", 4) == 0:
             stop = pos + 4
         elif c == b'f' and end - pos >= 5 and memcmp(row + pos, b"false", 5) == 0:
             stop = pos + 5
@@ -279,10 +286,27 @@ cdef class NDJSONParser(_ParserCore):
                 return -1
             return pos + 4
         else:
-            stop = self._scan_number(row, pos, end)
-            if stop < 0:
-                return -1
+            stop = self._scan_number(row, pos, end)  # not a value: fails
+        if stop < 0:
+            return -1
         if has_leaves and self._record_slot(node, KIND_TEXT, False, row + pos, stop - pos) < 0:
+            return -1
+        return stop
+
+    cdef Py_ssize_t _scan_nested(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
+                                 int depth, int node) noexcept nogil:
+        # The object or array at pos, like _scan_value.
+        cdef Py_ssize_t stop
+        if depth > MAX_DEPTH:
+            return self._fail(ERR_TOO_DEEP, -1)
+        if row[pos] == b'{':
+            stop = self._scan_object(row, pos, end, depth, node)
+        else:
+            stop = self._scan_array(row, pos, end, depth, node)
+        if stop < 0:
+            return -1
+        if node >= 0 and self._leaf_count[node] > 0 and self._record_slot(
+                node, KIND_NESTED, False, row + pos, stop - pos) < 0:
             return -1
         return stop
 
@@ -303,12 +327,18 @@ cdef class NDJSONParser(_ParserCore):
             child = -1
             if predicted >= 0:
                 # The predicted key, byte for byte and then its closing quote: the same
-                # string the full scan below would accept and match.
+                # string the full scan below would accept and match. Short keys are
+                # compared as one word.
                 key_len = self._key_len[predicted]
-                if pos + key_len + 1 < end and row[pos + key_len + 1] == b'"' and bytes_equal(
+                if self._key_mask[predicted] and pos + 9 <= end:
+                    if (load8(row + pos + 1) ^ self._key_word[predicted]) \
+                            & self._key_mask[predicted] == 0:
+                        child = predicted
+                elif pos + key_len + 1 < end and row[pos + key_len + 1] == b'"' and bytes_equal(
                         <const unsigned char*>self._keys.ptr + self._key_off[predicted],
                         row + pos + 1, key_len):
                     child = predicted
+                if child >= 0:
                     stop = pos + key_len + 2
             if child < 0:
                 escaped = False
