@@ -69,14 +69,26 @@ static inline Py_ssize_t scan_json_string(const unsigned char *s, Py_ssize_t pos
     return pos;
 }
 
-/* First byte >= 0x80. */
+/* First byte >= 0x80. Short texts (most values) take two overlapping 8-byte words. */
 static inline Py_ssize_t scan_non_ascii(const unsigned char *s, Py_ssize_t pos, Py_ssize_t end)
 {
+    uint64_t head, tail;
 #if defined(__SSE2__)
 #define HIGH(x) (x)
     SCAN_LOOP(HIGH)
 #undef HIGH
 #endif
+    if (end - pos >= 8 && end - pos <= 16) {
+        memcpy(&head, s + pos, 8);
+        memcpy(&tail, s + end - 8, 8);
+        head &= 0x8080808080808080ULL;
+        tail &= 0x8080808080808080ULL;
+        /* Little-endian: the lowest set bit is the first high byte. The words overlap;
+         * with head clear, tail's first set bit lies past head. */
+        if (head)
+            return pos + __builtin_ctzll(head) / 8;
+        return tail ? end - 8 + __builtin_ctzll(tail) / 8 : end;
+    }
     while (pos < end && s[pos] < 0x80)
         pos++;
     return pos;
