@@ -39,6 +39,12 @@ cdef struct Column:
     int date_month
     int date_day
     int64_t date_days
+    # Date/DateTime: the last text converted and its value (at high rates many values
+    # repeat the previous one's second).
+    bint memo_valid
+    Py_ssize_t memo_len
+    char memo_text[32]
+    char memo_value[8]
     int precision       # Decimal(P, S): P
     # Array(T) / Array(Array(T)): values, offsets and nulls above hold the elements.
     int depth           # 1 or 2 for an Array column; 0 otherwise
@@ -1061,6 +1067,20 @@ cdef int fixed_string_from_text(Column* col, const unsigned char* s, Py_ssize_t 
     return ERR_NONE
 
 
+cdef inline int datetime_memo(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # datetime_from_text, remembering the last text and the value it gave (width <= 4).
+    cdef int rc
+    if col.memo_valid and n == col.memo_len and memcmp(s, col.memo_text, <size_t>n) == 0:
+        return col_append_fixed(col, col.memo_value, col.width)
+    rc = datetime_from_text(col, s, n)
+    if rc == ERR_NONE and n <= 32:
+        memcpy(col.memo_text, s, <size_t>n)
+        col.memo_len = n
+        memcpy(col.memo_value, col.values.ptr + col.values.len - col.width, <size_t>col.width)
+        col.memo_valid = True
+    return rc
+
+
 cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint check_utf8) noexcept nogil:
     # Text -> one value appended to col, or an ErrorCode (col untouched).
     cdef int code = col.code
@@ -1073,7 +1093,7 @@ cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint ch
     if code == TYPE_FLOAT32 or code == TYPE_FLOAT64:
         return float_from_text(col, s, n)
     if code == TYPE_DATE or code == TYPE_DATETIME or code == TYPE_DATE32:
-        return datetime_from_text(col, s, n)
+        return datetime_memo(col, s, n)
     if code == TYPE_BOOL:
         return bool_from_text(col, s, n)
     if code == TYPE_UUID:

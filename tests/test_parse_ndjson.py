@@ -278,6 +278,28 @@ def test_datetime_from_json_numbers(parser_module: ModuleType) -> None:
         (b'{"v":-1}', 0, E.BAD_VALUE, b"-1"), (b'{"v":1e9}', 0, E.BAD_VALUE, b"1e9")])
 
 
+def test_datetime_repeated_and_near_texts(parser_module: ModuleType) -> None:
+    # The C converter remembers the last text and its value, and the last date: a
+    # repeat, a text differing in one byte, a bad text and the empty text in between
+    # must each be read on their own.
+    texts = [b"2024-01-02 03:04:05", b"2024-01-02 03:04:05", b"2024-01-02 03:04:06",
+             b"2024-01-02 03:04:05", b"2024-01-0x 03:04:05", b"2024-01-02 03:04:05",
+             b"", b"2024-01-03 03:04:05", b"2024-01-02T03:04:05Z", b"2024-02-30 03:04:05"]
+    body = lines(*(b'{"v":"%s","d":"%s"}' % (text, text[:10]) for text in texts))
+    columns = [col("DateTime"), col("Nullable(Date)", "$.d", "d")]
+    t0 = 1704164645
+    day = 19724
+    check(parser_module, columns, body,
+          [(t0, day), (t0, day), (t0 + 1, day), (t0, day), (t0, day), (t0 + 86400, day + 1),
+           (t0, day)], [
+        (b'{"v":"2024-01-0x 03:04:05","d":"2024-01-0x"}', 0, E.BAD_VALUE,
+         b"2024-01-0x 03:04:05"),
+        (b'{"v":"","d":""}', 0, E.BAD_VALUE, b""),
+        (b'{"v":"2024-02-30 03:04:05","d":"2024-02-30"}', 0, E.BAD_VALUE,
+         b"2024-02-30 03:04:05"),
+    ])
+
+
 def test_date(parser_module: ModuleType) -> None:
     body = lines(b'{"v":"2024-01-02"}', b'{"v":"2024-01-02T23:30:00-05:00"}', b'{"v":"1970-01-01"}',
                  b'{"v":"2149-06-06"}', b'{"v":259200}', b'{"v":"259199999"}',
