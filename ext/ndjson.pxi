@@ -34,8 +34,8 @@ cdef class NDJSONParser(_ParserCore):
     cdef int* _first_key        # per node: the child matched first in its last object, or -1
     cdef int* _follow           # per node: the sibling matched after it last time, or -1
     cdef char* _plain           # per node: its key's JSON text is its bytes (no escapes needed)
-    cdef uint64_t* _key_word    # per node: a key of <= 7 bytes and its closing quote, as a word
-    cdef uint64_t* _key_mask    # per node: the bytes of _key_word to compare; 0: compare bytes
+    cdef uint64_t* _key_words   # per node, 2 words: a key of <= 15 bytes and its closing quote
+    cdef uint64_t* _key_masks   # per node, 2 words: the bytes to compare; all 0: compare bytes
 
     def __cinit__(self, *args, **kwargs):
         self._first_child = NULL
@@ -50,8 +50,8 @@ cdef class NDJSONParser(_ParserCore):
         self._first_key = NULL
         self._follow = NULL
         self._plain = NULL
-        self._key_word = NULL
-        self._key_mask = NULL
+        self._key_words = NULL
+        self._key_masks = NULL
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         super().__init__(columns, max_row_bytes=max_row_bytes)
@@ -85,9 +85,9 @@ cdef class NDJSONParser(_ParserCore):
         self._first_key = <int*>PyMem_Malloc(sizeof(int) * count)
         self._follow = <int*>PyMem_Malloc(sizeof(int) * count)
         self._plain = <char*>PyMem_Malloc(count)
-        self._key_word = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * count)
-        self._key_mask = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * count)
-        if (self._key_word == NULL or self._key_mask == NULL or self._first_key == NULL or self._follow == NULL or self._plain == NULL or self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
+        self._key_words = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
+        self._key_masks = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
+        if (self._key_words == NULL or self._key_masks == NULL or self._first_key == NULL or self._follow == NULL or self._plain == NULL or self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
                 or self._key_len == NULL or self._parent == NULL or self._index == NULL):
             raise MemoryError()
@@ -101,8 +101,8 @@ cdef class NDJSONParser(_ParserCore):
             self._first_key[i] = -1
             self._follow[i] = -1
             self._plain[i] = False
-            self._key_word[i] = 0
-            self._key_mask[i] = 0
+            self._key_words[2 * i] = self._key_words[2 * i + 1] = 0
+            self._key_masks[2 * i] = self._key_masks[2 * i + 1] = 0
             self._leaf_start[i] = leaf_pos
             self._leaf_count[i] = len(nodes[i][1])
             for column in nodes[i][1]:
@@ -123,9 +123,13 @@ cdef class NDJSONParser(_ParserCore):
                     # as is, a JSON key equal to it has exactly these bytes.
                     self._plain[child] = all(byte >= 0x20 and byte != 0x22 and byte != 0x5C
                                              for byte in raw)
-                    if len(raw) <= 7:  # little-endian loads (checked at import)
-                        self._key_word[child] = int.from_bytes(raw + b'"', "little")
-                        self._key_mask[child] = (1 << (8 * len(raw) + 8)) - 1
+                    if len(raw) <= 15:  # little-endian loads (checked at import)
+                        words = int.from_bytes(raw + b'"', "little")
+                        masks = (1 << (8 * len(raw) + 8)) - 1
+                        self._key_words[2 * child] = words & 0xFFFFFFFFFFFFFFFF
+                        self._key_words[2 * child + 1] = words >> 64
+                        self._key_masks[2 * child] = masks & 0xFFFFFFFFFFFFFFFF
+                        self._key_masks[2 * child + 1] = masks >> 64
                     if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
                         raise MemoryError()
                 if previous < 0:
@@ -147,8 +151,8 @@ cdef class NDJSONParser(_ParserCore):
         PyMem_Free(self._first_key)
         PyMem_Free(self._follow)
         PyMem_Free(self._plain)
-        PyMem_Free(self._key_word)
-        PyMem_Free(self._key_mask)
+        PyMem_Free(self._key_words)
+        PyMem_Free(self._key_masks)
         buf_free(&self._keys)
 
     def feed(self, data):
@@ -314,6 +318,7 @@ cdef class NDJSONParser(_ParserCore):
                                  int depth, int node) noexcept nogil:
         cdef bint escaped
         cdef Py_ssize_t key_start, stop, key_len
+        cdef uint64_t diff
         cdef int child
         cdef bint mapped = node >= 0 and self._first_child[node] >= 0
         cdef int predicted = self._first_key[node] if mapped else -1
@@ -327,12 +332,16 @@ cdef class NDJSONParser(_ParserCore):
             child = -1
             if predicted >= 0:
                 # The predicted key, byte for byte and then its closing quote: the same
-                # string the full scan below would accept and match. Short keys are
-                # compared as one word.
+                # string the full scan below would accept and match. Keys of up to 15
+                # bytes are compared as two words.
                 key_len = self._key_len[predicted]
-                if self._key_mask[predicted] and pos + 9 <= end:
-                    if (load8(row + pos + 1) ^ self._key_word[predicted]) \
-                            & self._key_mask[predicted] == 0:
+                if self._key_masks[2 * predicted] and pos + (17 if key_len > 7 else 9) <= end:
+                    diff = (load8(row + pos + 1) ^ self._key_words[2 * predicted]) \
+                        & self._key_masks[2 * predicted]
+                    if key_len > 7:
+                        diff |= (load8(row + pos + 9) ^ self._key_words[2 * predicted + 1]) \
+                            & self._key_masks[2 * predicted + 1]
+                    if diff == 0:
                         child = predicted
                 elif pos + key_len + 1 < end and row[pos + key_len + 1] == b'"' and bytes_equal(
                         <const unsigned char*>self._keys.ptr + self._key_off[predicted],
