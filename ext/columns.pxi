@@ -416,56 +416,41 @@ cdef inline bint fast_decimal(const unsigned char* s, Py_ssize_t n, double* out)
 
 
 cdef inline bint plain_decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
-    # The common case in one pass: [+-]digits[.digits], at most 19 significant digits
-    # making m <= 2**53, at most 22 fraction digits: m / 10**k rounds exactly as strtod
-    # (see fast_decimal). False for anything else, valid or not: the caller then checks
-    # the grammar and takes the general path.
+    # The common case in one pass: [+-]digits[.digits], at most 19 bytes after the sign
+    # (so the digits fit in a uint64), making m <= 2**53 with k <= 18 fraction digits:
+    # m / 10**k rounds exactly as strtod (see fast_decimal). False for anything else,
+    # valid or not: the caller then checks the grammar and takes the general path.
     cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t frac_start
+    cdef Py_ssize_t start, dot
+    cdef int fraction = 0
     cdef uint64_t mantissa = 0
-    cdef int digits = 0
-    cdef int exp10 = 0
     cdef bint negative = False
-    cdef unsigned char c
     cdef double value
-    if n == 0:
-        return False
-    if s[0] == b'+' or s[0] == b'-':
+    if n and (s[0] == b'+' or s[0] == b'-'):
         negative = s[0] == b'-'
         pos = 1
-    frac_start = pos
-    while pos < n:
-        c = s[pos]
-        if not is_digit(c):
-            break
-        if mantissa or c != b'0':
-            if digits == 19:
-                return False
-            mantissa = mantissa * 10 + (c - 48)
-            digits += 1
+    start = pos
+    if n - start > 19:
+        return False
+    while pos < n and is_digit(s[pos]):
+        mantissa = mantissa * 10 + (s[pos] - 48)
         pos += 1
+    dot = pos
     if pos < n and s[pos] == b'.':
         pos += 1
-        while pos < n:
-            c = s[pos]
-            if not is_digit(c):
-                return False
-            if mantissa or c != b'0':
-                if digits == 19:
-                    return False
-                mantissa = mantissa * 10 + (c - 48)
-                digits += 1
-            exp10 -= 1
+        while pos < n and is_digit(s[pos]):
+            mantissa = mantissa * 10 + (s[pos] - 48)
             pos += 1
-        if pos - frac_start == 1:
-            return False  # a lone '.'
-    elif pos < n or pos == frac_start:
-        return False  # an exponent, another byte, or no digit
-    if mantissa > (<uint64_t>1 << 53) or exp10 < -22:
+        if pos < n or pos - start == 1:
+            return False  # an exponent or another byte, or a lone '.'
+        fraction = <int>(pos - dot - 1)
+    elif pos < n or pos == start:
+        return False  # an exponent or another byte, or no digit
+    if mantissa > (<uint64_t>1 << 53):
         return False
     value = <double>mantissa
-    if exp10:
-        value = value / EXACT_POW10[-exp10]
+    if fraction:
+        value = value / EXACT_POW10[fraction]
     out[0] = -value if negative else value
     return True
 
