@@ -259,7 +259,8 @@ cdef class NDJSONParser(_ParserCore):
     cdef inline Py_ssize_t _scan_value(self, const unsigned char* row, Py_ssize_t pos,
                                        Py_ssize_t end, int depth, int node) noexcept nogil:
         # Scan the value at pos; record it for node's columns; return its end or -1.
-        # Inline in the object and array scans: scalars here, containers in _scan_nested.
+        # Inline in the object and array scans: strings and numbers here, the rest in
+        # _scan_other.
         cdef unsigned char c
         cdef bint escaped = False
         cdef bint has_leaves = node >= 0 and self._leaf_count[node] > 0
@@ -277,11 +278,22 @@ cdef class NDJSONParser(_ParserCore):
                                                 stop - pos - 2) < 0:
                 return -1
             return stop
-        if c == b'-' or is_digit(c):
-            stop = self._scan_number(row, pos, end)
-        elif c == b'{' or c == b'[':
-            return self._scan_nested(row, pos, end, depth, node)
-        elif c == b't' and end - pos >= 4 and memcmp(row + pos, b"true", 4) == 0:
+        if c != b'-' and not is_digit(c):
+            return self._scan_other(row, pos, end, depth, node)
+        stop = self._scan_number(row, pos, end)
+        if stop < 0:
+            return -1
+        if has_leaves and self._record_slot(node, KIND_TEXT, False, row + pos, stop - pos) < 0:
+            return -1
+        return stop
+
+    cdef Py_ssize_t _scan_other(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
+                                int depth, int node) noexcept nogil:
+        # The value at pos when it is neither a string nor a number, like _scan_value.
+        cdef unsigned char c = row[pos]
+        cdef bint has_leaves = node >= 0 and self._leaf_count[node] > 0
+        cdef Py_ssize_t stop
+        if c == b't' and end - pos >= 4 and memcmp(row + pos, b"true", 4) == 0:
             stop = pos + 4
         elif c == b'f' and end - pos >= 5 and memcmp(row + pos, b"false", 5) == 0:
             stop = pos + 5
@@ -289,28 +301,18 @@ cdef class NDJSONParser(_ParserCore):
             if has_leaves and self._record_slot(node, KIND_NULL, False, row + pos, 4) < 0:
                 return -1
             return pos + 4
-        else:
-            stop = self._scan_number(row, pos, end)  # not a value: fails
-        if stop < 0:
-            return -1
-        if has_leaves and self._record_slot(node, KIND_TEXT, False, row + pos, stop - pos) < 0:
-            return -1
-        return stop
-
-    cdef Py_ssize_t _scan_nested(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
-                                 int depth, int node) noexcept nogil:
-        # The object or array at pos, like _scan_value.
-        cdef Py_ssize_t stop
-        if depth > MAX_DEPTH:
+        elif c != b'{' and c != b'[':
+            return self._scan_number(row, pos, end)  # not a value: fails
+        elif depth > MAX_DEPTH:
             return self._fail(ERR_TOO_DEEP, -1)
-        if row[pos] == b'{':
+        elif c == b'{':
             stop = self._scan_object(row, pos, end, depth, node)
         else:
             stop = self._scan_array(row, pos, end, depth, node)
         if stop < 0:
             return -1
-        if node >= 0 and self._leaf_count[node] > 0 and self._record_slot(
-                node, KIND_NESTED, False, row + pos, stop - pos) < 0:
+        if has_leaves and self._record_slot(node, KIND_NESTED if c == b'{' or c == b'['
+                                            else KIND_TEXT, False, row + pos, stop - pos) < 0:
             return -1
         return stop
 
