@@ -1066,7 +1066,8 @@ cdef inline int datetime_memo(Column* col, const unsigned char* s, Py_ssize_t n)
     return rc
 
 
-cdef inline int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint check_utf8) noexcept nogil:
+cdef inline int convert_text(Column* col, const unsigned char* s, Py_ssize_t n,
+                             bint check_utf8) noexcept nogil:
     # Text -> one value appended to col, or an ErrorCode (col untouched).
     cdef int code = col.code
     if code == TYPE_STRING:

@@ -87,9 +87,11 @@ cdef class NDJSONParser(_ParserCore):
         self._plain = <char*>PyMem_Malloc(count)
         self._key_words = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
         self._key_masks = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
-        if (self._key_words == NULL or self._key_masks == NULL or self._first_key == NULL or self._follow == NULL or self._plain == NULL or self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
+        if (self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
-                or self._key_len == NULL or self._parent == NULL or self._index == NULL):
+                or self._key_len == NULL or self._parent == NULL or self._index == NULL
+                or self._first_key == NULL or self._follow == NULL or self._plain == NULL
+                or self._key_words == NULL or self._key_masks == NULL):
             raise MemoryError()
         for i in range(count):
             self._first_child[i] = -1
@@ -467,7 +469,7 @@ cdef class NDJSONParser(_ParserCore):
         cdef Py_ssize_t step
         pos += 1
         while True:
-            # Fast path: plain ASCII, one table lookup per byte.
+            # Fast path: plain ASCII, 16 bytes a step.
             pos = scan_json_string(row, pos, end)
             if pos >= end:
                 return self._fail(ERR_INVALID_JSON, -1)
