@@ -17,6 +17,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from codes cimport *
 from buffers cimport Buf, buf_reserve, buf_append, buf_append_byte, buf_free
+from scan cimport (scan_any3, scan_json_string, scan_non_ascii, load8, eight_digits,
+                  eight_digits_value)
 
 import sys
 
@@ -59,7 +61,8 @@ cdef const unsigned char[::1] as_bytes_view(data):
 
 
 cdef inline bint is_ws(unsigned char c) noexcept nogil:
-    return c == b' ' or c == b'\t' or c == b'\r' or c == b'\n'
+    # One compare for the usual answer (no: a byte above the space).
+    return c <= b' ' and (c == b' ' or c == b'\t' or c == b'\r' or c == b'\n')
 
 
 cdef class _ParserCore:
@@ -792,9 +795,23 @@ cdef class _ParserCore:
     @cython.final
     cdef int _store_all(self, const char* row, Py_ssize_t n) noexcept nogil:
         cdef int i
-        cdef int rc
+        cdef int rc, code
+        cdef Slot* slot
+        cdef Column* col
         for i in range(self._ncols):
-            rc = self._store(row, n, i)
+            slot = &self._slots[i]
+            col = &self._cols[i]
+            if (slot.kind == KIND_TEXT or (slot.kind == KIND_JSON_STRING and not slot.escaped)) \
+                    and not col.nelems and not col.depth:
+                # The common case, what _store ends with: text straight into a scalar
+                # column (JSON strings were validated as UTF-8 by the scan).
+                rc = convert_text(col, <const unsigned char*>slot.ptr, slot.len,
+                                  slot.kind == KIND_TEXT)
+                if rc != ERR_NONE and rc != ERR_NO_MEMORY:
+                    code = self._fail_row(row, n, i, i, rc, slot.ptr, slot.len)
+                    rc = rc if code == ERR_NONE else code
+            else:
+                rc = self._store(row, n, i)
             if rc == ERR_NO_MEMORY:
                 return rc
             if rc != ERR_NONE:

@@ -31,6 +31,20 @@ cdef struct Column:
     Buf enum_entries    # Enum8/16: EnumEntry array
     Py_ssize_t enum_count
     int scale           # DateTime64(p): p; Decimal(P, S): S
+    # Date/DateTime text: the last valid YYYY-MM-DD seen and its day number (values in a
+    # stream mostly share their date, so its parse and days_from_civil are skipped).
+    bint date_cached
+    char date_text[10]
+    int date_year
+    int date_month
+    int date_day
+    int64_t date_days
+    # Date/DateTime: the last text converted and its value (at high rates many values
+    # repeat the previous one's second).
+    bint memo_valid
+    Py_ssize_t memo_len
+    char memo_text[32]
+    char memo_value[8]
     int precision       # Decimal(P, S): P
     # Array(T) / Array(Array(T)): values, offsets and nulls above hold the elements.
     int depth           # 1 or 2 for an Array column; 0 otherwise
@@ -78,6 +92,27 @@ cdef int col_append_value(Column* col, const char* value, Py_ssize_t n, char nul
     if col.width == 0 and col_end_string(col) < 0:
         return ERR_NO_MEMORY
     if col_push_null_flag(col, null_flag) < 0:
+        return ERR_NO_MEMORY
+    return ERR_NONE
+
+
+cdef inline int col_append_fixed(Column* col, const void* value, Py_ssize_t width) noexcept nogil:
+    # A converted fixed-width value (not NULL), inline in the hot converters: with the
+    # width known at the call site the copy is one store, not a call to memcpy.
+    cdef char* dst
+    if col.values.len + width > col.values.cap and buf_reserve(&col.values, width) < 0:
+        return ERR_NO_MEMORY
+    dst = col.values.ptr + col.values.len
+    if width == 8:
+        memcpy(dst, value, 8)
+    elif width == 4:
+        memcpy(dst, value, 4)
+    elif width == 2:
+        memcpy(dst, value, 2)
+    else:
+        memcpy(dst, value, <size_t>width)
+    col.values.len += width
+    if col.nullable and buf_append_byte(&col.nulls, 0) < 0:
         return ERR_NO_MEMORY
     return ERR_NONE
 
@@ -211,7 +246,7 @@ cdef bint utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t step
     while pos < n:
         if s[pos] < 0x80:
-            pos += 1
+            pos = scan_non_ascii(s, pos + 1, n)  # ASCII runs 16 bytes at a time
             continue
         step = utf8_sequence(s, pos, n)
         if step == 0:
@@ -244,6 +279,9 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
         if pos == n:
             return ERR_BAD_VALUE
         if n - pos <= 19:  # fits in uint64: no overflow check per digit
+            while n - pos >= 8 and eight_digits(load8(s + pos)):
+                magnitude = magnitude * 100000000 + eight_digits_value(load8(s + pos))
+                pos += 8
             while pos < n:
                 if not is_digit(s[pos]):
                     return ERR_BAD_VALUE
@@ -268,7 +306,7 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
         if magnitude > limit:
             return ERR_OUT_OF_RANGE
         uval = magnitude
-        return col_append_value(col, <const char*>&uval, col.width, 0)
+        return col_append_fixed(col, &uval, col.width)
     limit = 0x7F if code == TYPE_INT8 else 0x7FFF if code == TYPE_INT16 else \
         0x7FFFFFFF if code == TYPE_INT32 else <uint64_t>0x7FFFFFFFFFFFFFFF
     if magnitude > limit + (1 if negative else 0):
@@ -278,7 +316,7 @@ cdef int int_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexce
     else:
         sval = <int64_t>magnitude
     # Little-endian: the low bytes of the int64 are the narrower value.
-    return col_append_value(col, <const char*>&sval, col.width, 0)
+    return col_append_fixed(col, &sval, col.width)
 
 
 cdef bint is_float_text(const unsigned char* s, Py_ssize_t n) noexcept nogil:
@@ -380,12 +418,54 @@ cdef inline bint fast_decimal(const unsigned char* s, Py_ssize_t n, double* out)
     return True
 
 
+cdef inline bint plain_decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept nogil:
+    # The common case in one pass: [+-]digits[.digits], at most 19 bytes after the sign
+    # (so the digits fit in a uint64), making m <= 2**53 with k <= 18 fraction digits:
+    # m / 10**k rounds exactly as strtod (see fast_decimal). False for anything else,
+    # valid or not: the caller then checks the grammar and takes the general path.
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t start, dot
+    cdef int fraction = 0
+    cdef uint64_t mantissa = 0
+    cdef bint negative = False
+    cdef double value
+    if n and (s[0] == b'+' or s[0] == b'-'):
+        negative = s[0] == b'-'
+        pos = 1
+    start = pos
+    if n - start > 19:
+        return False
+    while pos < n and is_digit(s[pos]):
+        mantissa = mantissa * 10 + (s[pos] - 48)
+        pos += 1
+    dot = pos
+    if pos < n and s[pos] == b'.':
+        pos += 1
+        while pos < n and is_digit(s[pos]):
+            mantissa = mantissa * 10 + (s[pos] - 48)
+            pos += 1
+        if pos < n or pos - start == 1:
+            return False  # an exponent or another byte, or a lone '.'
+        fraction = <int>(pos - dot - 1)
+    elif pos < n or pos == start:
+        return False  # an exponent or another byte, or no digit
+    if mantissa > (<uint64_t>1 << 53):
+        return False
+    value = <double>mantissa
+    if fraction:
+        value = value / EXACT_POW10[fraction]
+    out[0] = -value if negative else value
+    return True
+
+
 cdef int float_from_text(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef char local[128]
     cdef char* text = local
     cdef double value
     cdef float narrow
     cdef int rc
+    if plain_decimal(s, n, &value):
+        return float_store(col, value)
     if not is_float_text(s, n):
         return ERR_BAD_VALUE
     if fast_decimal(s, n, &value):
@@ -411,8 +491,8 @@ cdef inline int float_store(Column* col, double value) noexcept nogil:
         narrow = <float>value
         if isinf(narrow):
             return ERR_OUT_OF_RANGE
-        return col_append_value(col, <const char*>&narrow, 4, 0)
-    return col_append_value(col, <const char*>&value, 8, 0)
+        return col_append_fixed(col, &narrow, 4)
+    return col_append_fixed(col, &value, 8)
 
 
 @cython.cdivision(True)
@@ -552,13 +632,26 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             return col_append_value(col, <const char*>&day_value, 2, 0)
         second_value = <uint32_t>seconds
         return col_append_value(col, <const char*>&second_value, 4, 0)
-    year = digits_at(s, n, 0, 4)
-    if year < 0 or n < 10 or s[4] != b'-' or s[7] != b'-':
-        return ERR_BAD_VALUE
-    month = digits_at(s, n, 5, 2)
-    day = digits_at(s, n, 8, 2)
-    if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month):
-        return ERR_BAD_VALUE
+    if col.date_cached and n >= 10 and memcmp(s, col.date_text, 10) == 0:
+        year = col.date_year
+        month = col.date_month
+        day = col.date_day
+        days = col.date_days
+    else:
+        year = digits_at(s, n, 0, 4)
+        if year < 0 or n < 10 or s[4] != b'-' or s[7] != b'-':
+            return ERR_BAD_VALUE
+        month = digits_at(s, n, 5, 2)
+        day = digits_at(s, n, 8, 2)
+        if month < 1 or month > 12 or day < 1 or day > days_in_month(year, month):
+            return ERR_BAD_VALUE
+        days = days_from_civil(year, month, day)
+        memcpy(col.date_text, s, 10)
+        col.date_year = year
+        col.date_month = month
+        col.date_day = day
+        col.date_days = days
+        col.date_cached = True
     pos = 10
     if pos < n:
         if s[pos] != b'T' and s[pos] != b' ':
@@ -608,7 +701,6 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
             offset = sign * (off_h * 3600 + off_m * 60)
         if pos != n:
             return ERR_BAD_VALUE
-    days = days_from_civil(year, month, day)
     if date32:
         if days < DATE32_MIN or days > DATE32_MAX:
             return ERR_OUT_OF_RANGE
@@ -626,7 +718,7 @@ cdef int datetime_from_text(Column* col, const unsigned char* s, Py_ssize_t n) n
     if seconds < 0 or seconds > 0xFFFFFFFFLL:
         return ERR_OUT_OF_RANGE
     second_value = <uint32_t>seconds
-    return col_append_value(col, <const char*>&second_value, 4, 0)
+    return col_append_fixed(col, &second_value, 4)
 
 
 cdef enum:
@@ -985,7 +1077,22 @@ cdef int fixed_string_from_text(Column* col, const unsigned char* s, Py_ssize_t 
     return ERR_NONE
 
 
-cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint check_utf8) noexcept nogil:
+cdef inline int datetime_memo(Column* col, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # datetime_from_text, remembering the last text and the value it gave (width <= 4).
+    cdef int rc
+    if col.memo_valid and n == col.memo_len and memcmp(s, col.memo_text, <size_t>n) == 0:
+        return col_append_fixed(col, col.memo_value, col.width)
+    rc = datetime_from_text(col, s, n)
+    if rc == ERR_NONE and n <= 32:
+        memcpy(col.memo_text, s, <size_t>n)
+        col.memo_len = n
+        memcpy(col.memo_value, col.values.ptr + col.values.len - col.width, <size_t>col.width)
+        col.memo_valid = True
+    return rc
+
+
+cdef inline int convert_text(Column* col, const unsigned char* s, Py_ssize_t n,
+                             bint check_utf8) noexcept nogil:
     # Text -> one value appended to col, or an ErrorCode (col untouched).
     cdef int code = col.code
     if code == TYPE_STRING:
@@ -997,7 +1104,7 @@ cdef int convert_text(Column* col, const unsigned char* s, Py_ssize_t n, bint ch
     if code == TYPE_FLOAT32 or code == TYPE_FLOAT64:
         return float_from_text(col, s, n)
     if code == TYPE_DATE or code == TYPE_DATETIME or code == TYPE_DATE32:
-        return datetime_from_text(col, s, n)
+        return datetime_memo(col, s, n)
     if code == TYPE_BOOL:
         return bool_from_text(col, s, n)
     if code == TYPE_UUID:

@@ -11,7 +11,7 @@ cdef enum:
 
 
 cdef struct Field:
-    Py_ssize_t off      # the field's text in _fields_text
+    const char* ptr     # the field's text: in the record, or unquoted in _fields_text
     Py_ssize_t len
     bint quoted
 
@@ -133,7 +133,12 @@ cdef class CSVParser(_ParserCore):
         cdef bint in_quotes = self._in_quotes
         cdef int rc
         cdef unsigned char c
+        # Only quotes, newlines and the escape character matter here: jump between them.
+        cdef unsigned char escape = <unsigned char>self._escape if self._escape >= 0 else b'"'
         while pos < n:
+            pos = scan_any3(<const unsigned char*>data, pos, n, b'"', b'\n', escape)
+            if pos >= n:
+                break
             c = <unsigned char>data[pos]
             if c == self._escape:
                 pos += 2
@@ -209,32 +214,30 @@ cdef class CSVParser(_ParserCore):
         fields = <Field*>self._fields.ptr
         out = self._fields_text.ptr
         count[0] = 0
+        cdef Py_ssize_t stop
+        cdef unsigned char stop_escape = <unsigned char>escape if escape >= 0 else b'"'
         while True:
-            field.off = self._fields_text.len
+            field.ptr = out + self._fields_text.len
             field.quoted = False
+            if pos < end and rec[pos] != b'"':
+                # Fast path: an unquoted field without quote or escape character is used
+                # in place; otherwise it is copied below from its start.
+                stop = scan_any3(rec, pos, end, <unsigned char>delimiter, b'"', stop_escape)
+                if stop == end or rec[stop] == delimiter:
+                    field.ptr = <const char*>rec + pos
+                    field.len = stop - pos
+                    if count[0] < self._num_fields:
+                        fields[count[0]] = field
+                    count[0] += 1
+                    if stop >= end:
+                        return ERR_NONE
+                    pos = stop + 1
+                    continue
             if pos < end and rec[pos] == b'"':
                 field.quoted = True
-                pos += 1
-                while True:
-                    if pos >= end:
-                        return ERR_BAD_CSV
-                    c = rec[pos]
-                    if c == escape and pos + 1 < end:
-                        out[self._fields_text.len] = rec[pos + 1]
-                        self._fields_text.len += 1
-                        pos += 2
-                        continue
-                    if c == b'"':
-                        if pos + 1 < end and rec[pos + 1] == b'"':
-                            out[self._fields_text.len] = b'"'
-                            self._fields_text.len += 1
-                            pos += 2
-                            continue
-                        pos += 1
-                        break
-                    out[self._fields_text.len] = c
-                    self._fields_text.len += 1
-                    pos += 1
+                pos = self._quoted(rec, pos + 1, end, &field)
+                if pos < 0:
+                    return ERR_BAD_CSV
                 if pos < end and rec[pos] != delimiter:
                     return ERR_BAD_CSV
             else:
@@ -250,13 +253,58 @@ cdef class CSVParser(_ParserCore):
                     out[self._fields_text.len] = c
                     self._fields_text.len += 1
                     pos += 1
-            field.len = self._fields_text.len - field.off
+                field.len = out + self._fields_text.len - field.ptr
             if count[0] < self._num_fields:
                 fields[count[0]] = field
             count[0] += 1
             if pos >= end:
                 return ERR_NONE
             pos += 1  # the delimiter
+
+    cdef Py_ssize_t _quoted(self, const unsigned char* rec, Py_ssize_t pos, Py_ssize_t end,
+                            Field* field) noexcept nogil:
+        # The quoted field whose text starts at pos, into field; returns the position
+        # after its closing quote, or -1 (no closing quote). Jumps between quotes and
+        # escape characters: the text is used in place unless a doubled quote or an
+        # escape needs it rewritten, and then its runs are copied to _fields_text (which
+        # _split reserved).
+        cdef char* out = self._fields_text.ptr
+        cdef int escape = self._escape
+        cdef unsigned char stop_escape = <unsigned char>escape if escape >= 0 else b'"'
+        cdef Py_ssize_t run = pos
+        cdef Py_ssize_t stop
+        cdef bint copied = False
+        cdef unsigned char c
+        field.ptr = out + self._fields_text.len
+        while True:
+            stop = scan_any3(rec, pos, end, b'"', stop_escape, b'"')
+            if stop >= end:
+                return -1
+            c = rec[stop]
+            if c == escape and stop + 1 < end:
+                memcpy(out + self._fields_text.len, rec + run, <size_t>(stop - run))
+                self._fields_text.len += stop - run
+                out[self._fields_text.len] = rec[stop + 1]
+                self._fields_text.len += 1
+                pos = run = stop + 2
+                copied = True
+            elif c != b'"':
+                pos = stop + 1  # an escape character as the last byte: itself
+            elif stop + 1 < end and rec[stop + 1] == b'"':
+                # a doubled quote: the run and one quote
+                memcpy(out + self._fields_text.len, rec + run, <size_t>(stop + 1 - run))
+                self._fields_text.len += stop + 1 - run
+                pos = run = stop + 2
+                copied = True
+            else:
+                if copied:
+                    memcpy(out + self._fields_text.len, rec + run, <size_t>(stop - run))
+                    self._fields_text.len += stop - run
+                    field.len = out + self._fields_text.len - field.ptr
+                else:
+                    field.ptr = <const char*>rec + run
+                    field.len = stop - run
+                return stop + 1
 
     cdef int _process_row(self, const char* row, Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t count = 0
@@ -280,7 +328,7 @@ cdef class CSVParser(_ParserCore):
             col = &self._cols[i]
             slot.kind = KIND_TEXT
             slot.escaped = False
-            slot.ptr = self._fields_text.ptr + field.off
+            slot.ptr = field.ptr
             slot.len = field.len
             # An empty unquoted field is NULL for Nullable, the DEFAULT if there is one;
             # \N is NULL (an error for non-Nullable).

@@ -5,12 +5,6 @@
 # other value is validated and skipped. The whole row is validated as JSON (RFC 8259,
 # UTF-8), so a row is either stored whole or quarantined whole.
 
-# Bytes that end the plain-ASCII run of a JSON string: '"', '\\', controls, non-ASCII.
-cdef unsigned char STRING_STOP[256]
-for _byte in range(256):
-    STRING_STOP[_byte] = _byte == 0x22 or _byte == 0x5C or _byte < 0x20 or _byte >= 0x80
-
-
 cdef inline bint bytes_equal(const unsigned char* a, const unsigned char* b,
                              Py_ssize_t n) noexcept nogil:
     # Object keys are short: an inline loop beats a call to memcmp.
@@ -35,7 +29,13 @@ cdef class NDJSONParser(_ParserCore):
     cdef Buf _keys              # all keys' UTF-8 bytes
     cdef int* _parent           # per node: its parent node (-1 for the root)
     cdef int* _index            # per node: its array index ($.a[0]), or -1 for a key
-    cdef int _hint              # the node tried first by _find_child, or -1
+    # Rows usually repeat the previous row's keys in the same order, so each object's
+    # keys are first compared, raw, with the key that came next in the last row.
+    cdef int* _first_key        # per node: the child matched first in its last object, or -1
+    cdef int* _follow           # per node: the sibling matched after it last time, or -1
+    cdef char* _plain           # per node: its key's JSON text is its bytes (no escapes needed)
+    cdef uint64_t* _key_words   # per node, 2 words: a key of <= 15 bytes and its closing quote
+    cdef uint64_t* _key_masks   # per node, 2 words: the bytes to compare; all 0: compare bytes
 
     def __cinit__(self, *args, **kwargs):
         self._first_child = NULL
@@ -47,7 +47,11 @@ cdef class NDJSONParser(_ParserCore):
         self._key_len = NULL
         self._parent = NULL
         self._index = NULL
-        self._hint = -1
+        self._first_key = NULL
+        self._follow = NULL
+        self._plain = NULL
+        self._key_words = NULL
+        self._key_masks = NULL
 
     def __init__(self, columns, *, Py_ssize_t max_row_bytes=1 << 20):
         super().__init__(columns, max_row_bytes=max_row_bytes)
@@ -78,9 +82,16 @@ cdef class NDJSONParser(_ParserCore):
         self._key_len = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * count)
         self._parent = <int*>PyMem_Malloc(sizeof(int) * count)
         self._index = <int*>PyMem_Malloc(sizeof(int) * count)
+        self._first_key = <int*>PyMem_Malloc(sizeof(int) * count)
+        self._follow = <int*>PyMem_Malloc(sizeof(int) * count)
+        self._plain = <char*>PyMem_Malloc(count)
+        self._key_words = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
+        self._key_masks = <uint64_t*>PyMem_Malloc(sizeof(uint64_t) * 2 * count)
         if (self._first_child == NULL or self._next_sibling == NULL or self._leaf_start == NULL
                 or self._leaf_count == NULL or self._leaves == NULL or self._key_off == NULL
-                or self._key_len == NULL or self._parent == NULL or self._index == NULL):
+                or self._key_len == NULL or self._parent == NULL or self._index == NULL
+                or self._first_key == NULL or self._follow == NULL or self._plain == NULL
+                or self._key_words == NULL or self._key_masks == NULL):
             raise MemoryError()
         for i in range(count):
             self._first_child[i] = -1
@@ -89,6 +100,11 @@ cdef class NDJSONParser(_ParserCore):
             self._key_len[i] = 0
             self._parent[i] = -1
             self._index[i] = -1
+            self._first_key[i] = -1
+            self._follow[i] = -1
+            self._plain[i] = False
+            self._key_words[2 * i] = self._key_words[2 * i + 1] = 0
+            self._key_masks[2 * i] = self._key_masks[2 * i + 1] = 0
             self._leaf_start[i] = leaf_pos
             self._leaf_count[i] = len(nodes[i][1])
             for column in nodes[i][1]:
@@ -105,6 +121,17 @@ cdef class NDJSONParser(_ParserCore):
                 else:
                     self._key_off[child] = self._keys.len
                     self._key_len[child] = len(raw)
+                    # Valid UTF-8 (it was a str) without '"', '\\' or controls: written
+                    # as is, a JSON key equal to it has exactly these bytes.
+                    self._plain[child] = all(byte >= 0x20 and byte != 0x22 and byte != 0x5C
+                                             for byte in raw)
+                    if len(raw) <= 15:  # little-endian loads (checked at import)
+                        words = int.from_bytes(raw + b'"', "little")
+                        masks = (1 << (8 * len(raw) + 8)) - 1
+                        self._key_words[2 * child] = words & 0xFFFFFFFFFFFFFFFF
+                        self._key_words[2 * child + 1] = words >> 64
+                        self._key_masks[2 * child] = masks & 0xFFFFFFFFFFFFFFFF
+                        self._key_masks[2 * child + 1] = masks >> 64
                     if buf_append(&self._keys, <const char*>raw, len(raw)) < 0:
                         raise MemoryError()
                 if previous < 0:
@@ -123,6 +150,11 @@ cdef class NDJSONParser(_ParserCore):
         PyMem_Free(self._key_len)
         PyMem_Free(self._parent)
         PyMem_Free(self._index)
+        PyMem_Free(self._first_key)
+        PyMem_Free(self._follow)
+        PyMem_Free(self._plain)
+        PyMem_Free(self._key_words)
+        PyMem_Free(self._key_masks)
         buf_free(&self._keys)
 
     def feed(self, data):
@@ -212,8 +244,8 @@ cdef class NDJSONParser(_ParserCore):
             return self._record_error(row_chars, n, -1, ERR_INVALID_JSON, NULL, 0)
         return self._store_all(row_chars, n)
 
-    cdef int _record_slot(self, int node, int kind, bint escaped, const unsigned char* ptr,
-                          Py_ssize_t length) noexcept nogil:
+    cdef inline int _record_slot(self, int node, int kind, bint escaped,
+                                 const unsigned char* ptr, Py_ssize_t length) noexcept nogil:
         cdef int k, column
         for k in range(self._leaf_start[node], self._leaf_start[node] + self._leaf_count[node]):
             column = self._leaves[k]
@@ -226,37 +258,43 @@ cdef class NDJSONParser(_ParserCore):
             self._slots[column].len = length
         return 0
 
-    cdef Py_ssize_t _scan_value(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
-                                int depth, int node) noexcept nogil:
+    cdef inline Py_ssize_t _scan_value(self, const unsigned char* row, Py_ssize_t pos,
+                                       Py_ssize_t end, int depth, int node) noexcept nogil:
         # Scan the value at pos; record it for node's columns; return its end or -1.
+        # Inline in the object and array scans: strings and numbers here, the rest in
+        # _scan_other.
         cdef unsigned char c
         cdef bint escaped = False
         cdef bint has_leaves = node >= 0 and self._leaf_count[node] > 0
-        cdef int leaf_col = self._leaves[self._leaf_start[node]] if has_leaves else -1
         cdef Py_ssize_t stop
         if pos >= end:
             return self._fail(ERR_INVALID_JSON, -1)
         c = row[pos]
         if c == b'"':
-            stop = self._scan_string(row, pos, end, leaf_col, &escaped)
+            stop = self._scan_string(row, pos, end,
+                                     self._leaves[self._leaf_start[node]] if has_leaves else -1,
+                                     &escaped)
             if stop < 0:
                 return -1
             if has_leaves and self._record_slot(node, KIND_JSON_STRING, escaped, row + pos + 1,
                                                 stop - pos - 2) < 0:
                 return -1
             return stop
-        if c == b'{' or c == b'[':
-            if depth > MAX_DEPTH:
-                return self._fail(ERR_TOO_DEEP, -1)
-            if c == b'{':
-                stop = self._scan_object(row, pos, end, depth, node)
-            else:
-                stop = self._scan_array(row, pos, end, depth, node)
-            if stop < 0:
-                return -1
-            if has_leaves and self._record_slot(node, KIND_NESTED, False, row + pos, stop - pos) < 0:
-                return -1
-            return stop
+        if c != b'-' and not is_digit(c):
+            return self._scan_other(row, pos, end, depth, node)
+        stop = self._scan_number(row, pos, end)
+        if stop < 0:
+            return -1
+        if has_leaves and self._record_slot(node, KIND_TEXT, False, row + pos, stop - pos) < 0:
+            return -1
+        return stop
+
+    cdef Py_ssize_t _scan_other(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
+                                int depth, int node) noexcept nogil:
+        # The value at pos when it is neither a string nor a number, like _scan_value.
+        cdef unsigned char c = row[pos]
+        cdef bint has_leaves = node >= 0 and self._leaf_count[node] > 0
+        cdef Py_ssize_t stop
         if c == b't' and end - pos >= 4 and memcmp(row + pos, b"true", 4) == 0:
             stop = pos + 4
         elif c == b'f' and end - pos >= 5 and memcmp(row + pos, b"false", 5) == 0:
@@ -265,35 +303,73 @@ cdef class NDJSONParser(_ParserCore):
             if has_leaves and self._record_slot(node, KIND_NULL, False, row + pos, 4) < 0:
                 return -1
             return pos + 4
+        elif c != b'{' and c != b'[':
+            return self._scan_number(row, pos, end)  # not a value: fails
+        elif depth > MAX_DEPTH:
+            return self._fail(ERR_TOO_DEEP, -1)
+        elif c == b'{':
+            stop = self._scan_object(row, pos, end, depth, node)
         else:
-            stop = self._scan_number(row, pos, end)
-            if stop < 0:
-                return -1
-        if has_leaves and self._record_slot(node, KIND_TEXT, False, row + pos, stop - pos) < 0:
+            stop = self._scan_array(row, pos, end, depth, node)
+        if stop < 0:
+            return -1
+        if has_leaves and self._record_slot(node, KIND_NESTED if c == b'{' or c == b'['
+                                            else KIND_TEXT, False, row + pos, stop - pos) < 0:
             return -1
         return stop
 
     cdef Py_ssize_t _scan_object(self, const unsigned char* row, Py_ssize_t pos, Py_ssize_t end,
                                  int depth, int node) noexcept nogil:
         cdef bint escaped
-        cdef Py_ssize_t key_start, stop
+        cdef Py_ssize_t key_start, stop, key_len
+        cdef uint64_t diff
         cdef int child
+        cdef bint mapped = node >= 0 and self._first_child[node] >= 0
+        cdef int predicted = self._first_key[node] if mapped else -1
+        cdef int previous = -1
         pos = self._ws(row, pos + 1, end)
         if pos < end and row[pos] == b'}':
             return pos + 1
         while True:
             if pos >= end or row[pos] != b'"':
                 return self._fail(ERR_INVALID_JSON, -1)
-            escaped = False
-            key_start = pos + 1
-            stop = self._scan_string(row, pos, end, -1, &escaped)
-            if stop < 0:
-                return -1
             child = -1
-            if node >= 0 and self._first_child[node] >= 0:
-                child = self._find_child(node, row + key_start, stop - 1 - key_start, escaped)
-                if child == -2:
-                    return self._fail(ERR_NO_MEMORY, -1)
+            if predicted >= 0:
+                # The predicted key, byte for byte and then its closing quote: the same
+                # string the full scan below would accept and match. Keys of up to 15
+                # bytes are compared as two words.
+                key_len = self._key_len[predicted]
+                if self._key_masks[2 * predicted] and pos + (17 if key_len > 7 else 9) <= end:
+                    diff = (load8(row + pos + 1) ^ self._key_words[2 * predicted]) \
+                        & self._key_masks[2 * predicted]
+                    if key_len > 7:
+                        diff |= (load8(row + pos + 9) ^ self._key_words[2 * predicted + 1]) \
+                            & self._key_masks[2 * predicted + 1]
+                    if diff == 0:
+                        child = predicted
+                elif pos + key_len + 1 < end and row[pos + key_len + 1] == b'"' and bytes_equal(
+                        <const unsigned char*>self._keys.ptr + self._key_off[predicted],
+                        row + pos + 1, key_len):
+                    child = predicted
+                if child >= 0:
+                    stop = pos + key_len + 2
+            if child < 0:
+                escaped = False
+                key_start = pos + 1
+                stop = self._scan_string(row, pos, end, -1, &escaped)
+                if stop < 0:
+                    return -1
+                if mapped:
+                    child = self._find_child(node, row + key_start, stop - 1 - key_start, escaped)
+                    if child == -2:
+                        return self._fail(ERR_NO_MEMORY, -1)
+            if child >= 0:
+                if previous >= 0:
+                    self._follow[previous] = child if self._plain[child] else -1
+                else:
+                    self._first_key[node] = child if self._plain[child] else -1
+                previous = child
+                predicted = self._follow[child]
             pos = self._ws(row, stop, end)
             if pos >= end or row[pos] != b':':
                 return self._fail(ERR_INVALID_JSON, -1)
@@ -336,25 +412,17 @@ cdef class NDJSONParser(_ParserCore):
     cdef int _find_child(self, int node, const unsigned char* key, Py_ssize_t length,
                          bint escaped) noexcept nogil:
         # The child of node whose key equals this (raw) JSON key, -1 if none, -2 if OOM.
-        cdef int child = self._hint
+        cdef int child
         if escaped:
             self._scratch.len = 0
             if self._unescape(&self._scratch, key, length) < 0:
                 return -2
             key = <const unsigned char*>self._scratch.ptr
             length = self._scratch.len
-        # Rows usually repeat the previous row's key order: first try the sibling after
-        # the key matched last.
-        if child >= 0 and self._parent[child] == node and self._key_len[child] == length \
-                and bytes_equal(<const unsigned char*>self._keys.ptr + self._key_off[child],
-                                key, length):
-            self._hint = self._next_sibling[child]
-            return child
         child = self._first_child[node]
         while child >= 0:
             if self._key_len[child] == length and bytes_equal(
                     <const unsigned char*>self._keys.ptr + self._key_off[child], key, length):
-                self._hint = self._next_sibling[child]
                 return child
             child = self._next_sibling[child]
         return -1
@@ -366,6 +434,8 @@ cdef class NDJSONParser(_ParserCore):
         if pos < end and row[pos] == b'0':
             pos += 1
         elif pos < end and b'1' <= row[pos] <= b'9':
+            while end - pos >= 8 and eight_digits(load8(row + pos)):
+                pos += 8
             while pos < end and is_digit(row[pos]):
                 pos += 1
         else:
@@ -399,9 +469,8 @@ cdef class NDJSONParser(_ParserCore):
         cdef Py_ssize_t step
         pos += 1
         while True:
-            # Fast path: plain ASCII, one table lookup per byte.
-            while pos < end and not STRING_STOP[row[pos]]:
-                pos += 1
+            # Fast path: plain ASCII, 16 bytes a step.
+            pos = scan_json_string(row, pos, end)
             if pos >= end:
                 return self._fail(ERR_INVALID_JSON, -1)
             c = row[pos]

@@ -278,6 +278,28 @@ def test_datetime_from_json_numbers(parser_module: ModuleType) -> None:
         (b'{"v":-1}', 0, E.BAD_VALUE, b"-1"), (b'{"v":1e9}', 0, E.BAD_VALUE, b"1e9")])
 
 
+def test_datetime_repeated_and_near_texts(parser_module: ModuleType) -> None:
+    # The C converter remembers the last text and its value, and the last date: a
+    # repeat, a text differing in one byte, a bad text and the empty text in between
+    # must each be read on their own.
+    texts = [b"2024-01-02 03:04:05", b"2024-01-02 03:04:05", b"2024-01-02 03:04:06",
+             b"2024-01-02 03:04:05", b"2024-01-0x 03:04:05", b"2024-01-02 03:04:05",
+             b"", b"2024-01-03 03:04:05", b"2024-01-02T03:04:05Z", b"2024-02-30 03:04:05"]
+    body = lines(*(b'{"v":"%s","d":"%s"}' % (text, text[:10]) for text in texts))
+    columns = [col("DateTime"), col("Nullable(Date)", "$.d", "d")]
+    t0 = 1704164645
+    day = 19724
+    check(parser_module, columns, body,
+          [(t0, day), (t0, day), (t0 + 1, day), (t0, day), (t0, day), (t0 + 86400, day + 1),
+           (t0, day)], [
+        (b'{"v":"2024-01-0x 03:04:05","d":"2024-01-0x"}', 0, E.BAD_VALUE,
+         b"2024-01-0x 03:04:05"),
+        (b'{"v":"","d":""}', 0, E.BAD_VALUE, b""),
+        (b'{"v":"2024-02-30 03:04:05","d":"2024-02-30"}', 0, E.BAD_VALUE,
+         b"2024-02-30 03:04:05"),
+    ])
+
+
 def test_date(parser_module: ModuleType) -> None:
     body = lines(b'{"v":"2024-01-02"}', b'{"v":"2024-01-02T23:30:00-05:00"}', b'{"v":"1970-01-01"}',
                  b'{"v":"2149-06-06"}', b'{"v":259200}', b'{"v":"259199999"}',
@@ -391,6 +413,22 @@ def test_duplicate_keys(parser_module: ModuleType) -> None:
         (b'{"a":1,"a":2}', 0, E.DUPLICATE_KEY, b""),
         (b'{"b":{"c":1},"b":{"c":2}}', 1, E.DUPLICATE_KEY, b""),
         (b'{"a":1,"b":{"c":1,"c":null}}', 1, E.DUPLICATE_KEY, b""),
+    ])
+
+
+def test_keys_in_changing_order_and_spellings(parser_module: ModuleType) -> None:
+    # The C scan first compares each key with the one that followed in the last row:
+    # other orders, unknown keys, a longer key sharing the prefix, escaped spellings and
+    # a key that needs an escape (q\k) must still find (or miss) the right column.
+    columns = [col("Int8", "$.ts", "ts"), col("Int8", "$.t", "t"), col("Int8", "$.g.x", "gx"),
+               col("Int8", "$.q\\k", "bs")]
+    body = lines(b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}', b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}',
+                 b'{"t":5,"ts":6}', b'{"tsx":9,"ts":7,"zz":0,"t":8}', b'{"t\\u0073":1,"\\u0074":2}',
+                 b'{"g":{"y":1,"x":4},"ts":3}', b'{"ts":1,"t\\u0073":2}', b'{"ts":1,"t":2,"t":3}')
+    check(parser_module, columns, body, [(1, 2, 3, 4), (1, 2, 3, 4), (6, 5, 0, 0), (7, 8, 0, 0),
+                                         (1, 2, 0, 0), (3, 0, 4, 0)], [
+        (b'{"ts":1,"t\\u0073":2}', 0, E.DUPLICATE_KEY, b""),
+        (b'{"ts":1,"t":2,"t":3}', 1, E.DUPLICATE_KEY, b""),
     ])
 
 
