@@ -194,7 +194,9 @@ def test_hung_clickhouse_times_out_and_recovers(private_server: ClickHouseServer
                 Load(gateway, tag, ids, wait=False, max_requests=300) as accepted:
             time.sleep(0.3)
             private_server.pause()  # SIGSTOP: connections stay open, nothing answers
-            time.sleep(4.0)
+            # Longer than a wait=true request's three 1 s attempts and their backoff, with
+            # room for a loaded machine.
+            time.sleep(6.0)
             private_server.resume()
             time.sleep(1.0)
         acked = waited.acked | accepted.acked
@@ -202,7 +204,7 @@ def test_hung_clickhouse_times_out_and_recovers(private_server: ClickHouseServer
     finally:
         private_server.resume()
         assert gateway.stop() == 0
-    print(f"\nClickHouse SIGSTOP 4 s: wait=true {waited.statuses}, 202 {accepted.statuses}, "
+    print(f"\nClickHouse SIGSTOP 6 s: wait=true {waited.statuses}, 202 {accepted.statuses}, "
           f"lost {len(acked - stored)}, duplicates {count - len(stored)}")
     assert 503 in waited.statuses  # a timeout, not a hang
     assert not acked - stored
