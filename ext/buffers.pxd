@@ -2,7 +2,7 @@
 
 from cpython.mem cimport PyMem_RawRealloc, PyMem_RawFree
 from libc.string cimport memcpy
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef struct Buf:
     char* ptr          # owned; NULL until the first reserve
@@ -67,3 +67,28 @@ cdef inline void buf_free(Buf* buf) noexcept nogil:
     buf.ptr = NULL
     buf.len = 0
     buf.cap = 0
+
+
+cdef inline int strings_native(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
+                        Buf* out) noexcept nogil:
+    # (offsets[count + 1], data) -> varint length + bytes per value, appended to out.
+    cdef Py_ssize_t i, start, length
+    cdef uint64_t v
+    if count <= 0:
+        return 0
+    if buf_reserve(out, offs[count] - offs[0] + count * 10) < 0:
+        return -1
+    for i in range(count):
+        start = offs[i]
+        length = offs[i + 1] - start
+        v = <uint64_t>length
+        while v >= 0x80:
+            out.ptr[out.len] = <char>((v & 0x7F) | 0x80)
+            out.len += 1
+            v >>= 7
+        out.ptr[out.len] = <char>v
+        out.len += 1
+        if length:
+            memcpy(out.ptr + out.len, data + start, <size_t>length)
+            out.len += length
+    return 0

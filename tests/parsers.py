@@ -37,6 +37,16 @@ except ImportError as exc:
 IMPLEMENTATIONS = ("py", "c")
 
 
+def encoders() -> ModuleType:
+    """The compiled Native encoders; fails the test (never skips) if they are not built."""
+    try:
+        from tinyingest import _encode
+    except ImportError as exc:
+        pytest.fail(f"tinyingest._encode is not importable ({exc}); build it with "
+                    "`python setup.py build_ext --inplace`", pytrace=False)
+    return _encode
+
+
 def implementation(name: str) -> ModuleType:
     """The parser module for ``name`` ("py" or "c"); fails the test if "c" is not built."""
     if name == "py":

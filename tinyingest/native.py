@@ -4,7 +4,7 @@ The parsers already lay out fixed-width columns and null maps exactly as ClickHo
 Native format wants them, so encoding is mostly concatenation. The one transformation
 is ``String``: Native writes each value as ``varint(len) + bytes``, while a
 :class:`~tinyingest.block.ColumnData` holds ``(offsets, data)``. That happens in
-:func:`encode_strings`, the compiled ``_native.encode_strings`` when it is built,
+:func:`encode_strings`, the compiled ``_encode.encode_strings`` when it is built,
 else :func:`encode_strings_py`.
 
 Native column payloads, as written here (no per-column header; the sinks add the
@@ -162,7 +162,7 @@ def encode_strings_py(offsets: bytes, data: bytes) -> bytes:
 
 encode_strings: Callable[[bytes, bytes], bytes]
 try:
-    from tinyingest._native import encode_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import encode_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     encode_strings = encode_strings_py
 
@@ -179,7 +179,7 @@ def shift_offsets_py(offsets: bytes, base: int) -> bytes:
 
 shift_offsets: Callable[[bytes, int], bytes]
 try:
-    from tinyingest._native import shift_offsets  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import shift_offsets  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     shift_offsets = shift_offsets_py
 
@@ -234,20 +234,20 @@ def split_strings_py(data: bytes, count: int) -> tuple[bytes, bytes]:
 
 split_strings: Callable[[bytes, int], tuple[bytes, bytes]]
 try:
-    from tinyingest._native import split_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import split_strings  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     split_strings = split_strings_py
 
 
 sort_columns: Callable[..., list[bytes] | None] | None
 try:
-    from tinyingest._native import sort_columns  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import sort_columns  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: inserts go unsorted (ClickHouse sorts them)
     sort_columns = None
 
 strings_end: Callable[[bytes, int], int]
 try:
-    from tinyingest._native import strings_end  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import strings_end  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     strings_end = strings_end_py
 
@@ -351,14 +351,14 @@ def encode_low_cardinality_fixed_py(values: bytes, width: int,
 
 encode_low_cardinality: Callable[[bytes, bytes, bytes | None], bytes]
 try:
-    from tinyingest._native import encode_low_cardinality  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import encode_low_cardinality  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     encode_low_cardinality = encode_low_cardinality_py
 
 
 encode_low_cardinality_fixed: Callable[[bytes, int, bytes | None], bytes]
 try:
-    from tinyingest._native import encode_low_cardinality_fixed  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from tinyingest._encode import encode_low_cardinality_fixed  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # no compiled extension: the reference implementation
     encode_low_cardinality_fixed = encode_low_cardinality_fixed_py
 
@@ -583,7 +583,7 @@ _KEY_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
 
 @dataclass(frozen=True)
 class SortPlan:
-    """How to sort a table's inserts: each column's payload layout (``_native``'s
+    """How to sort a table's inserts: each column's payload layout (``_encode``'s
     ``LAYOUT_*``, value width, Nullable) and the key columns with their ``ORDER_*``."""
 
     layouts: tuple[tuple[int, int, bool], ...]
