@@ -12,7 +12,8 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from buffers cimport Buf, buf_reserve, buf_append, buf_free, strings_native
+from buffers cimport (Buf, buf_reserve, buf_append, buf_free, put_varint, read_varint,
+                     strings_native)
 
 import sys
 
@@ -60,7 +61,6 @@ def strings_end(data, Py_ssize_t count):
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t i
     cdef uint64_t length
-    cdef int shift
     cdef bint bad = False
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -68,18 +68,7 @@ def strings_end(data, Py_ssize_t count):
         return 0
     with nogil:
         for i in range(count):
-            length = 0
-            shift = 0
-            while True:
-                if pos >= n or shift > 63:
-                    bad = True
-                    break
-                length |= <uint64_t>(view[pos] & 0x7F) << shift
-                shift += 7
-                pos += 1
-                if view[pos - 1] < 0x80:
-                    break
-            if bad or length > <uint64_t>(n - pos):
+            if read_varint(&view[0], n, &pos, &length) < 0 or length > <uint64_t>(n - pos):
                 bad = True
                 break
             pos += <Py_ssize_t>length
@@ -98,7 +87,6 @@ def split_strings(data, Py_ssize_t count):
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t i
     cdef uint64_t length
-    cdef int shift
     cdef bint bad = False
     cdef Buf offsets
     cdef Buf values
@@ -115,18 +103,8 @@ def split_strings(data, Py_ssize_t count):
             for i in range(count):
                 if bad:
                     break
-                length = 0
-                shift = 0
-                while True:
-                    if pos >= n or shift > 63:
-                        bad = True
-                        break
-                    length |= <uint64_t>(view[pos] & 0x7F) << shift
-                    shift += 7
-                    pos += 1
-                    if view[pos - 1] < 0x80:
-                        break
-                if bad or length > <uint64_t>(n - pos):
+                if read_varint(&view[0], n, &pos, &length) < 0 or \
+                        length > <uint64_t>(n - pos):
                     bad = True
                     break
                 if length:
@@ -199,15 +177,6 @@ cdef inline void put_u64(Buf* out, uint64_t value) noexcept nogil:
     # Little-endian host (checked at import): the in-memory bytes are Native's.
     memcpy(out.ptr + out.len, &value, 8)
     out.len += 8
-
-
-cdef inline void put_varint(Buf* out, uint64_t value) noexcept nogil:
-    while value >= 0x80:
-        out.ptr[out.len] = <char>((value & 0x7F) | 0x80)
-        out.len += 1
-        value >>= 7
-    out.ptr[out.len] = <char>value
-    out.len += 1
 
 
 cdef struct LCTable:

@@ -68,12 +68,38 @@ cdef inline void buf_free(Buf* buf) noexcept nogil:
     buf.len = 0
     buf.cap = 0
 
+cdef inline void put_varint(Buf* out, uint64_t value) noexcept nogil:
+    # LEB128, as Native writes lengths; the caller has reserved 10 bytes.
+    while value >= 0x80:
+        out.ptr[out.len] = <char>((value & 0x7F) | 0x80)
+        out.len += 1
+        value >>= 7
+    out.ptr[out.len] = <char>value
+    out.len += 1
+
+
+cdef inline int read_varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                            uint64_t* out) noexcept nogil:
+    # The varint at p[pos[0]:n] into out, pos advanced past it; -1 if it does not end.
+    cdef uint64_t value = 0
+    cdef int shift = 0
+    cdef unsigned char byte
+    while True:
+        if pos[0] >= n or shift > 63:
+            return -1
+        byte = p[pos[0]]
+        pos[0] += 1
+        value |= <uint64_t>(byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            out[0] = value
+            return 0
+
 
 cdef inline int strings_native(const int64_t* offs, Py_ssize_t count, const unsigned char* data,
                         Buf* out) noexcept nogil:
     # (offsets[count + 1], data) -> varint length + bytes per value, appended to out.
     cdef Py_ssize_t i, start, length
-    cdef uint64_t v
     if count <= 0:
         return 0
     if buf_reserve(out, offs[count] - offs[0] + count * 10) < 0:
@@ -81,13 +107,7 @@ cdef inline int strings_native(const int64_t* offs, Py_ssize_t count, const unsi
     for i in range(count):
         start = offs[i]
         length = offs[i + 1] - start
-        v = <uint64_t>length
-        while v >= 0x80:
-            out.ptr[out.len] = <char>((v & 0x7F) | 0x80)
-            out.len += 1
-            v >>= 7
-        out.ptr[out.len] = <char>v
-        out.len += 1
+        put_varint(out, <uint64_t>length)
         if length:
             memcpy(out.ptr + out.len, data + start, <size_t>length)
             out.len += length

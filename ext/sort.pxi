@@ -46,23 +46,6 @@ cdef inline int read_u64(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
     return 0
 
 
-cdef inline int read_varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                            uint64_t* out) noexcept nogil:
-    cdef uint64_t value = 0
-    cdef int shift = 0
-    cdef unsigned char byte
-    while True:
-        if pos[0] >= n or shift > 63:
-            return -1
-        byte = p[pos[0]]
-        pos[0] += 1
-        value |= <uint64_t>(byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            out[0] = value
-            return 0
-
-
 cdef int flat_strings(FlatColumn* col, const unsigned char* p, Py_ssize_t n,
                       Py_ssize_t rows) noexcept nogil:
     # rows Native Strings filling p[0:n] exactly.
@@ -310,7 +293,6 @@ cdef int gather(FlatColumn* col, const uint32_t* perm, Py_ssize_t rows,
                 Buf* out) noexcept nogil:
     # The column's payload with its rows in perm's order.
     cdef Py_ssize_t i, r
-    cdef uint64_t length
     cdef Buf offsets
     cdef Buf data
     cdef Buf nulls
@@ -337,15 +319,9 @@ cdef int gather(FlatColumn* col, const uint32_t* perm, Py_ssize_t rows,
             out.len = rows
         for i in range(rows):
             r = perm[i]
-            length = <uint64_t>col.len[r]
             if buf_reserve(out, 10 + col.len[r]) < 0:
                 return -1
-            while length >= 0x80:
-                out.ptr[out.len] = <char>((length & 0x7F) | 0x80)
-                out.len += 1
-                length >>= 7
-            out.ptr[out.len] = <char>length
-            out.len += 1
+            put_varint(out, <uint64_t>col.len[r])
             memcpy(out.ptr + out.len, col.base + col.off[r], <size_t>col.len[r])
             out.len += col.len[r]
         return 0
