@@ -33,7 +33,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from tinyingest.schema import ColumnSpec, SchemaError
+from tinyingest.schema import ColumnSpec, SchemaError, split_top_level
 
 __all__ = [
     "DatafileError",
@@ -295,7 +295,7 @@ def check_fragment(text: str, what: str = "expression") -> str:
 
 def _check_settings(text: str) -> str:
     stripped = text.strip()
-    parts = _split_top_level(stripped)
+    parts = split_top_level(stripped)
     if not stripped or not all(_SETTING.fullmatch(part) for part in parts):
         raise ValueError(
             f"engine settings must be 'name = value, ...' with literal values: {stripped}"
@@ -411,30 +411,6 @@ def _skip_quoted(text: str, pos: int) -> int:
             return pos + 1
         pos += 1
     return -1
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets and quotes (input assumed balanced)."""
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    pos = 0
-    while pos < len(text):
-        ch = text[pos]
-        if ch in "'\"`":
-            end = _skip_quoted(text, pos)
-            pos = len(text) if end < 0 else end
-            continue
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:pos])
-            start = pos + 1
-        pos += 1
-    parts.append(text[start:])
-    return parts
 
 
 # ---------------------------------------------------------------------------

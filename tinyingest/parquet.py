@@ -28,6 +28,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tinyingest.schema import split_top_level
+
 __all__ = ["CONTENT_TYPE", "MISSING", "available", "parquet_bytes"]
 
 #: IANA's media type for Parquet (registered in 2024).
@@ -80,34 +82,6 @@ def parquet_bytes(meta: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
     return bytes(out.getvalue())
 
 
-def _split_top(body: str) -> list[str]:
-    """``a, Tuple(b, c), 'x,y'`` -> ['a', 'Tuple(b, c)', "'x,y'"]."""
-    parts: list[str] = []
-    depth = 0
-    quote = ""
-    start = 0
-    pos = 0
-    while pos < len(body):
-        ch = body[pos]
-        if quote:
-            if ch == "\\":
-                pos += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(body[start:pos].strip())
-            start = pos + 1
-        pos += 1
-    parts.append(body[start:].strip())
-    return [part for part in parts if part]
-
-
 def _text(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, default=str)
@@ -131,7 +105,7 @@ class _ArrowTypes:
         pa = self.pa
         text = ch_type.strip()
         name, _, rest = text.partition("(")
-        args = _split_top(rest[:-1]) if rest.endswith(")") else []
+        args = [a for a in split_top_level(rest[:-1]) if a] if rest.endswith(")") else []
         if name == "Nullable" and args:
             arrow_type, convert, _ = self.of(args[0])
             return arrow_type, convert, True

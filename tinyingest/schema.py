@@ -365,25 +365,27 @@ def _contains_tuple(text: str) -> bool:
     return re.search(r"(^|[(,\s])Tuple\s*\(", text) is not None
 
 
-def _split_top(body: str) -> list[str]:
-    """``a, b(c, d), 'e,f'`` -> ["a", "b(c, d)", "'e,f'"]: commas outside ( ) and quotes."""
+def split_top_level(body: str) -> list[str]:
+    """``a, b(c, d), 'e,f'`` -> ["a", "b(c, d)", "'e,f'"]: the comma-separated items
+    outside brackets and quotes (``'``, ``"``, backquotes; backslash escapes), stripped.
+    """
     items: list[str] = []
     depth = 0
-    quoted = False
+    quote = ""
     start = 0
     pos = 0
     while pos < len(body):
         ch = body[pos]
-        if quoted:
+        if quote:
             if ch == "\\":
                 pos += 1
-            elif ch == "'":
-                quoted = False
-        elif ch == "'":
-            quoted = True
-        elif ch == "(":
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"`":
+            quote = ch
+        elif ch in "([{":
             depth += 1
-        elif ch == ")":
+        elif ch in ")]}":
             depth -= 1
         elif ch == "," and depth == 0:
             items.append(body[start:pos].strip())
@@ -397,7 +399,7 @@ def _parse_tuple(ch_type: str, body: str) -> ParsedType:
     """``Tuple(T1, T2)`` or ``Tuple(a T1, b T2)``: scalar elements (Nullable allowed)."""
     names: list[str] = []
     elements: list[ParsedType] = []
-    for item in _split_top(body):
+    for item in split_top_level(body):
         match = _TUPLE_NAME.fullmatch(item)
         name, element_type = (match.group(1), match.group(2)) if match else ("", item)
         if not element_type:
