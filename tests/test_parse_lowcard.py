@@ -167,6 +167,16 @@ def test_encode_column_checks_the_value_count() -> None:
 
 # -- round trips -------------------------------------------------------------------------
 
+
+def parsed_block(specs: list[ColumnSpec], body: bytes, rows: int) -> Block:
+    """``body`` through the compiled parser: ``rows`` rows, none refused."""
+    parser = implementation("c").NDJSONParser(specs)
+    parser.feed(body)
+    parser.finish()
+    parsed: Block = parser.take_block()
+    assert parsed.num_rows == rows and not parsed.errors
+    return parsed
+
 # (type, two JSON values, as ClickHouse prints them, on 18.16 too)
 ROUND_TRIP: list[tuple[str, list[str], list[str | None], bool]] = [
     ("LowCardinality(UInt8)", ["7", "255"], ["7", "255"], True),
@@ -201,12 +211,7 @@ def test_round_trip_through_the_server(sink: Sink) -> None:
             b'{"row":%d,' % r + b",".join(f'"c{i}":{values[r % 2]}'.encode()
                                            for i, (_, values, _, _) in enumerate(cases))
             + b"}\n" for r in rows)
-        parser = implementation("c").NDJSONParser(specs)
-        parser.feed(body)
-        parser.finish()
-        parsed: Block = parser.take_block()
-        assert parsed.num_rows == len(rows) and not parsed.errors
-        return parsed
+        return parsed_block(specs, body, len(rows))
 
     body = ", ".join(f"c{i} {ch_type}" for i, (ch_type, *_) in enumerate(cases))
     if sink.name == "embedded":  # chDB 26.9 wants LowCardinality of numbers allowed
@@ -255,12 +260,7 @@ def test_arrays_of_low_cardinality_round_trip(sink: Sink) -> None:
             b'{"row":%d,' % r + b",".join(f'"c{i}":{"[]" if empty else values[r % 4]}'.encode()
                                            for i, (_, values, _) in enumerate(ARRAYS))
             + b"}\n" for r in rows)
-        parser = implementation("c").NDJSONParser(specs)
-        parser.feed(body)
-        parser.finish()
-        parsed: Block = parser.take_block()
-        assert parsed.num_rows == len(rows) and not parsed.errors
-        return parsed
+        return parsed_block(specs, body, len(rows))
 
     body = ", ".join(f"c{i} {ch_type}" for i, (ch_type, *_) in enumerate(ARRAYS))
     if sink.name == "embedded":  # chDB 26.9 wants LowCardinality of numbers allowed
