@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
-from tinyingest.batcher import BatchLimits, TableBatcher, Writer
+import pytest
+
+from tinyingest.batcher import BatchLimits, SinkPool, TableBatcher
 from tinyingest.block import EncodedBlock
 from tinyingest.native import encode_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
+from tinyingest.testing import ClickHouseServer
 
 COLUMNS = [ColumnSpec.build("id", "UInt64"), ColumnSpec.build("name", "Nullable(String)")]
 
@@ -26,7 +30,7 @@ def run(sink: Sink, limits: BatchLimits, scenario: object) -> None:
     sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
 
     async def main() -> None:
-        writer = Writer(sink)
+        writer = SinkPool([sink], "writer")
         batcher = TableBatcher(writer, "t", COLUMNS, limits)
         try:
             await scenario(batcher)  # type: ignore[operator]
@@ -86,7 +90,7 @@ def test_refused_rows_fail_the_waiter_and_go_to_on_refused(sink: Sink) -> None:
     sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
 
     async def main() -> None:
-        writer = Writer(sink)
+        writer = SinkPool([sink], "writer")
         batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(insert_attempts=2),
                                on_refused=on_refused)
         try:
@@ -110,7 +114,7 @@ def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
         refused.extend(block.num_rows for block in blocks)
 
     async def main() -> list[BaseException | None]:
-        writer = Writer(sink)
+        writer = SinkPool([sink], "writer")
         batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(insert_attempts=1),
                                on_refused=on_refused)
         try:
@@ -129,3 +133,45 @@ def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
     assert sink.query("SELECT groupArray(id) FROM (SELECT id FROM t WHERE id BETWEEN 664 AND 667 "
                       "ORDER BY id)").rows == [([664, 665, 667],)]
 
+
+
+class _MeetsTheOther:
+    """A server connection whose inserts wait until another insert is running too."""
+
+    def __init__(self, sink: Sink, barrier: threading.Barrier) -> None:
+        self._sink = sink
+        self._barrier = barrier
+
+    def insert(self, table: str, block: EncodedBlock) -> None:
+        self._barrier.wait()  # BrokenBarrierError unless both inserts run at once
+        self._sink.insert(table, block)
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+@pytest.mark.parametrize("sink", ["clickhouse"], indirect=True)  # chDB: one at a time
+def test_two_connections_insert_two_batches_at_once(clickhouse_server: ClickHouseServer,
+                                                     sink: Sink) -> None:
+    """On a server the second batch is sent while the first one is still being written."""
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
+    barrier = threading.Barrier(2, timeout=30)
+    second = ClickHouseSink(clickhouse_server.url.rsplit("/", 1)[0] + "/" + sink.database)
+    writer = SinkPool([_MeetsTheOther(sink, barrier),  # type: ignore[list-item]
+                       _MeetsTheOther(second, barrier)], "writer")
+
+    async def main() -> None:
+        batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(flush_rows=4,
+                                                                  flush_interval=600))
+        try:
+            futures = [batcher.add(rows(0, 4)), batcher.add(rows(4, 4))]  # a batch each
+            await asyncio.wait_for(asyncio.gather(*futures), 60)
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()
+            second.close()
+
+    asyncio.run(main())
+    assert count(sink) == 8

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from parsers import implementation
-from tinyingest.batcher import BatchLimits, TableBatcher, Writer
+from tinyingest.batcher import BatchLimits, SinkPool, TableBatcher
 from tinyingest.block import EncodedBlock
 from tinyingest.native import decode_rows, encode_block, merge_blocks, sort_block, sort_plan
 from tinyingest.schema import ColumnSpec
@@ -117,7 +117,7 @@ def test_batcher_inserts_arrive_sorted(sink: Sink) -> None:
                  "ORDER BY (lc, ts, s)")
     plan = sort_plan(SPECS, "lc, ts, s")
     blocks = _blocks(random.Random(7), [50, 20, 80])
-    writer = Writer(sink)
+    writer = SinkPool([sink], "writer")
 
     def already_sorted() -> int:
         rows = sink.query("SELECT value FROM system.events "

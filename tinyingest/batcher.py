@@ -18,15 +18,16 @@ When an insert fails:
   only those go to ``on_refused`` (the quarantine, with ClickHouse's message), and the
   requests they came from fail; every other row is stored.
 
-All inserts go through one worker thread (:class:`Writer`): the sinks are blocking and
-not thread-safe, and clickhouse-driver and chDB release the GIL while they wait, so the
-event loop keeps parsing requests meanwhile.
+Inserts run on the writer's :class:`SinkPool`: up to one per connection at a time, so
+with two connections ClickHouse writes one batch while the next one is sent (one insert
+at a time keeps a ClickHouse server on about one core).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import time
@@ -77,35 +78,25 @@ class BatchLimits:
     max_backoff: float = 5.0
 
 
-class Writer:
-    """Runs every sink call on one thread, in order."""
+class SinkPool:
+    """Runs sink calls on threads, one per sink (each sink is one connection, blocking and
+    not thread-safe); a call takes a free sink. The writer's pool holds the insert
+    connections, a reader pool the query connections, so a slow query never holds up
+    inserts. clickhouse-driver and chDB release the GIL while they wait, so the event loop
+    keeps parsing requests meanwhile."""
 
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="tinyingest-writer")
-
-    async def run(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.sink.close()
-
-
-class ReaderPool:
-    """Queries run here, beside the writer, so a slow query never holds up inserts.
-
-    One thread per sink (each sink is one connection); a call takes a free sink.
-    """
-
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], name: str) -> None:
         self._free: queue.SimpleQueue[Sink] = queue.SimpleQueue()
         for sink in sinks:
             self._free.put(sink)
         self._sinks = list(sinks)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(sinks), thread_name_prefix="tinyingest-reader")
+            max_workers=len(sinks), thread_name_prefix=f"tinyingest-{name}")
+
+    @property
+    def size(self) -> int:
+        """Calls that can run at once."""
+        return len(self._sinks)
 
     async def run(self, call: Callable[[Sink], T]) -> T:
         def with_sink() -> T:
@@ -131,7 +122,8 @@ class _Pending:
 
 
 class TableBatcher:
-    """Coalesces one table's blocks and inserts them through the :class:`Writer`.
+    """Coalesces one table's blocks and inserts them through the writer's :class:`SinkPool`,
+    as many at once as it has connections.
 
     :param columns: the blocks' column specs, to merge them; empty: insert one by one.
     :param sort: how to put an insert in the table's sorting-key order, which spares
@@ -140,7 +132,7 @@ class TableBatcher:
     :param on_refused: called with blocks ClickHouse refused, and its error.
     """
 
-    def __init__(self, writer: Writer, table: str, columns: Sequence[ColumnSpec],
+    def __init__(self, writer: SinkPool, table: str, columns: Sequence[ColumnSpec],
                  limits: BatchLimits, *,
                  on_stored: Callable[[list[RecordId]], None] = lambda records: None,
                  on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[None]]
@@ -177,7 +169,7 @@ class TableBatcher:
 
     def expedite(self) -> None:
         """Somebody waits for the pending rows (``wait=true``): insert them as soon as the
-        writer is free instead of at the flush interval. Requests that arrive while an
+        writer has a free connection instead of at the flush interval. Requests that arrive while an
         insert runs are grouped into the next one (group commit)."""
         if self._pending:
             self._urgent = True
@@ -223,22 +215,33 @@ class TableBatcher:
         return max(0.0, self._pending[0].arrived + limits.flush_interval - now)
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
+        deliveries: set[asyncio.Task[None]] = set()
+
+        def delivered(task: asyncio.Task[None]) -> None:
+            deliveries.discard(task)
+            self._wakeup.set()  # a connection is free
+
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due: float | None = None  # None: nothing to do until woken
+                if self._pending and len(deliveries) < self._writer.size:
+                    due = self._due_in()
+                    if due == 0:
+                        task = loop.create_task(self._deliver(self._take_batch()))
+                        deliveries.add(task)
+                        task.add_done_callback(delivered)
+                        continue
+                elif self._closing and not self._pending and not deliveries:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            due = self._due_in()
-            if due > 0:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), due)
                 except TimeoutError:
                     pass
-                continue
-            await self._deliver(self._take_batch())
+        finally:
+            for task in deliveries:  # close() gave up: the rows stay in the spool
+                task.cancel()
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest pending blocks, up to one insert's worth (``flush_rows`` /
@@ -258,6 +261,15 @@ class TableBatcher:
         return batch
 
     async def _deliver(self, batch: list[_Pending]) -> None:
+        try:
+            await self._deliver_batch(batch)
+        except Exception as exc:
+            # A bug of ours, not ClickHouse's answer: fail the waiting requests (500) rather
+            # than leave them hanging; the rows stay in the spool for the next start.
+            log.exception("could not insert %d blocks into %s", len(batch), self.table)
+            self._settle(batch, exc)
+
+    async def _deliver_batch(self, batch: list[_Pending]) -> None:
         error = await self._insert([item.block for item in batch])
         if error is None:
             self._stored(batch)
@@ -344,17 +356,17 @@ class TableBatcher:
     async def _try_insert(self, blocks: list[EncodedBlock]) -> SinkError | None:
         merged = merge_blocks(self._columns, blocks) if len(blocks) > 1 else blocks[0]
         try:
-            await self._writer.run(lambda: self._send(merged))
+            await self._writer.run(functools.partial(self._send, merged))
         except SinkError as exc:
             return exc
         return None
 
-    def _send(self, block: EncodedBlock) -> None:
-        """On the writer thread: sort (the C sort releases the GIL), then insert."""
-        self._writer.sink.insert(self.table, sort_block(self._sort, block))
+    def _send(self, block: EncodedBlock, sink: Sink) -> None:
+        """On a writer thread: sort (the C sort releases the GIL), then insert."""
+        sink.insert(self.table, sort_block(self._sort, block))
 
     @staticmethod
-    def _settle(batch: list[_Pending], error: SinkError | None) -> None:
+    def _settle(batch: list[_Pending], error: Exception | None) -> None:
         for item in batch:
             waiter = item.waiter
             if waiter is None or waiter.done():
@@ -379,7 +391,7 @@ class TableBatcher:
         delay = 0.1
         for attempt in range(1, self._limits.insert_attempts + 1):
             try:
-                await self._writer.run(lambda: self._send(merged))
+                await self._writer.run(functools.partial(self._send, merged))
                 return None
             except SinkError as exc:
                 log.warning("insert of %d rows into %s failed (attempt %d/%d): %s",

@@ -67,10 +67,14 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     sink = make_sink(settings)
     # Each worker owns its spool; a single process keeps the plain name.
     spool_dir = "spool" if worker is None else f"spool-{worker}"
-    # Queries get connections of their own on a server; chDB is one engine per process.
+    # Queries get connections of their own on a server, and inserts more than one; chDB is
+    # one engine per process.
     readers = [make_sink(settings) for _ in range(settings.query_connections)] \
         if settings.clickhouse_url else []
-    gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers)
+    insert_sinks = [make_sink(settings) for _ in range(settings.insert_connections - 1)] \
+        if settings.clickhouse_url else []
+    gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers,
+                      insert_sinks=insert_sinks)
     try:
         await gateway.start()
     except (TemplateError, StartupError) as exc:  # like a datafile error: say it, exit 2

@@ -58,6 +58,9 @@ class Settings:
     query_max_rows: int = 100_000
     #: Connections for endpoint and /v0/sql queries on a ClickHouse server.
     query_connections: int = 4
+    #: Inserts in flight at once on a ClickHouse server (one connection each): while the
+    #: server writes one batch the next one is sent. chDB takes one at a time.
+    insert_connections: int = 2
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -85,6 +88,8 @@ class Settings:
             "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
             "query_connections": _env_int("TINYINGEST_QUERY_CONNECTIONS",
                                           cls.query_connections),
+            "insert_connections": _env_int("TINYINGEST_INSERT_CONNECTIONS",
+                                           cls.insert_connections),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import Any
 
 from tinyingest import ddl, metrics, parser
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
-from tinyingest.batcher import ReaderPool, TableBatcher, Writer, is_transient
+from tinyingest.batcher import SinkPool, TableBatcher, is_transient
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
@@ -103,13 +103,16 @@ STARTUP_WAIT = 30.0
 
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
-                 spool_dir: str = "spool", readers: Sequence[Sink] = ()) -> None:
-        """:param readers: connections for queries; none: queries share the writer's."""
+                 spool_dir: str = "spool", readers: Sequence[Sink] = (),
+                 insert_sinks: Sequence[Sink] = ()) -> None:
+        """:param sink: creates the tables, inserts, and runs queries if there are no readers.
+        :param readers: connections for queries; none: queries share the writer's.
+        :param insert_sinks: more connections for inserts, beside ``sink``."""
         self.settings = settings
         self.sink = sink
         self.project = project
-        self.writer = Writer(sink)
-        self.readers = ReaderPool(readers) if readers else None
+        self.writer = SinkPool([sink, *insert_sinks], "writer")
+        self.readers = SinkPool(readers, "reader") if readers else None
         self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
@@ -143,7 +146,7 @@ class Gateway:
         for datasource in self.project.datasources.values():
             while True:
                 try:
-                    await self.writer.run(lambda ds=datasource: self._create(ds, database))  # type: ignore[misc]
+                    await self.writer.run(functools.partial(self._create, datasource, database))
                     break
                 except SinkError as exc:
                     if not is_transient(exc) or time.monotonic() > deadline:
@@ -155,7 +158,7 @@ class Gateway:
         self._all_tables = frozenset(self.readable_tables(None))
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
-        await self.writer.run(lambda: self._create_views(database))
+        await self.writer.run(functools.partial(self._create_views, database))
         log.info("parser: %s; backend: %s (%s); data sources: %s", parser.IMPLEMENTATION,
                  self.sink.name, self.sink, ", ".join(sorted(self.tables)) or "none")
         await self._replay()
@@ -215,9 +218,10 @@ class Gateway:
                 continue
             table.quarantine.add(bad, record).add_done_callback(_consume)
 
-    def _create(self, datasource: DataSource, database: str) -> None:
-        self.sink.execute(ddl.create_table_sql(datasource, database))
-        self.sink.execute(ddl.create_quarantine_sql(datasource, database))
+    @staticmethod
+    def _create(datasource: DataSource, database: str, sink: Sink) -> None:
+        sink.execute(ddl.create_table_sql(datasource, database))
+        sink.execute(ddl.create_quarantine_sql(datasource, database))
 
     def _table(self, datasource: DataSource) -> Table:
         writable = tuple(c for c in datasource.columns
@@ -262,7 +266,7 @@ class Gateway:
                               settings=settings)
         if self.readers is not None:
             return await self.readers.run(run)
-        return await self.writer.run(lambda: run(self.sink))
+        return await self.writer.run(run)
 
     async def cancel(self, query_id: str) -> None:
         """Stop a query whose client went away (ClickHouse would run it on for minutes)."""
@@ -304,7 +308,7 @@ class Gateway:
                                 columns=self.table_columns,
                                 fixed_params=token.fixed_params if token is not None else None)
 
-    def _create_views(self, database: str) -> None:
+    def _create_views(self, database: str, sink: Sink) -> None:
         """Materialized pipes: a ClickHouse materialized view per node, ``TO`` its target,
         so rows are pre-aggregated as they are inserted."""
         for pipe in self.project.pipes.values():
@@ -314,7 +318,7 @@ class Gateway:
                 select = compile_node(pipe, node.name, {}, self.readable_tables(None),
                                       pipes=self.project.pipes).sql
                 view = ddl.quote_identifier(f"{pipe.name}__{node.name}")
-                self.sink.execute(
+                sink.execute(
                     f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ddl.quote_identifier(database)}."
                     f"{view} TO {ddl.quote_identifier(database)}."
                     f"{ddl.quote_identifier(node.datasource)} AS {select}")
