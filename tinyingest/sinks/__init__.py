@@ -5,7 +5,8 @@
 * :class:`~tinyingest.sinks.embedded.EmbeddedSink`: ClickHouse in-process (chDB), the
   zero-setup default.
 
-Both are blocking and not thread-safe; the batcher calls them from one worker thread.
+Both are blocking and not thread-safe: each one is used by one thread at a time
+(:class:`~tinyingest.batcher.SinkPool`).
 """
 
 from __future__ import annotations
