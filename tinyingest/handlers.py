@@ -80,8 +80,7 @@ class BaseHandler(web.RequestHandler):
         With ``resource`` None only the token's validity is checked (callers then
         filter what it may see); ``scope=ADMIN`` needs the admin token.
         """
-        value = request_token(self.request.headers.get("Authorization"),
-                              self.get_query_argument("token", None))
+        value = request_token(self.header("Authorization"), self.query_argument("token"))
         if value is None:
             raise APIError(403, "missing token: send 'Authorization: Bearer <token>'")
         try:
@@ -96,10 +95,23 @@ class BaseHandler(web.RequestHandler):
             raise APIError(403, f"token '{token.name}' has no {scope} scope on '{resource}'")
         return token
 
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A request header. Unlike ``headers.get()``, an absent one costs no KeyError
+        raised and caught inside HTTPHeaders (most optional headers are absent)."""
+        headers = self.request.headers
+        return headers[name] if name in headers else default
+
+    def query_argument(self, name: str, default: str | None = None) -> str | None:
+        """``get_query_argument(name, default)``, skipping its work when the argument is
+        absent (most optional ones are, on every tiny ingest request)."""
+        if name not in self.request.query_arguments:
+            return default
+        return self.get_query_argument(name, default)
+
     def send_json(self, status: int, body: Any) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, default=_json_value))
+        self.finish(_to_json(body))
 
     def send_api_error(self, error: APIError) -> None:
         if self._finished:
@@ -112,7 +124,7 @@ class BaseHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Tornado's own errors (405, 500, malformed requests) in the same JSON shape.
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": self._reason}))
+        self.finish(_to_json({"error": self._reason}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, APIError):
@@ -143,6 +155,10 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+#: ``json.dumps(body, default=_json_value)`` without building an encoder per call.
+_to_json = json.JSONEncoder(default=_json_value).encode
 
 
 #: Bodies up to this size are read and dropped before an early answer (see answer_early).
@@ -184,15 +200,15 @@ class IngestHandler(BaseHandler):
             if self._replayed(table):
                 return
             limit = self.gateway.settings.max_body_bytes
-            length = self.request.headers.get("Content-Length")
+            length = self.header("Content-Length")
             if length is not None and length.isdigit() and int(length) > limit:
                 raise APIError(413, f"request body is larger than {limit} bytes")
             try:
-                self.decoder = make_decoder(self.request.headers.get("Content-Encoding"),
+                self.decoder = make_decoder(self.header("Content-Encoding"),
                                             limit, sniff_gzip=sniff)
             except BodyError as exc:
                 raise APIError(exc.status, str(exc)) from None
-            content_type = self.request.headers.get("Content-Type", "")
+            content_type = self.header("Content-Type") or ""
             if content_type.lower().startswith("multipart/form-data"):
                 boundary = parse_boundary(content_type)
                 if boundary is None:
@@ -230,8 +246,7 @@ class IngestHandler(BaseHandler):
 
     def _replayed(self, table: Table) -> bool:
         """A retry of a request already answered: answer the same, ingest nothing."""
-        request_id = self.request.headers.get("X-Request-Id") or \
-            self.get_query_argument("batch_id", None)
+        request_id = self.header("X-Request-Id") or self.query_argument("batch_id")
         if not request_id:
             return False
         scope = f"{type(self).__name__}:{table.datasource.name}"
@@ -341,7 +356,8 @@ class EventsHandler(IngestHandler):
         ingest = self._finish_body()
         body = {"successful_rows": ingest.successful_rows,
                 "quarantined_rows": ingest.quarantined_rows}
-        if self.get_query_argument("wait", "false").lower() in ("true", "1"):
+        wait = self.query_argument("wait")
+        if wait is not None and wait.lower() in ("true", "1"):
             await ingest.stored()
             self.send_json(200, body)
         else:
@@ -529,9 +545,9 @@ class QueryHandler(BaseHandler):
                 option if isinstance(option, str) else option[-1]) in ("1", "true")))
         elif output == "json":
             body = query_json(result)
-            self.finish(json.dumps(body, default=_json_value))
+            self.finish(_to_json(body))
         elif output in ("ndjson", "jsoneachrow"):
-            self.finish("".join(json.dumps(dict(zip(names, row)), default=_json_value) + "\n"
+            self.finish("".join(_to_json(dict(zip(names, row))) + "\n"
                                 for row in result.rows))
         else:
             buffer = io.StringIO()
