@@ -193,13 +193,16 @@ class Gateway:
         spool = self.spool
         if spool.bytes_on_disk > spool.max_bytes * 0.9:
             return "the spool of unconfirmed rows is nearly full: ClickHouse is slow or down"
-        pending = sum(t.batcher.pending_bytes + t.quarantine.pending_bytes
-                      for t in self.tables.values())
+        # Checked on every ingest request: one plain loop, no generators.
+        pending = 0
+        oldest = 0.0
+        for table in self.tables.values():
+            pending += table.batcher.pending_bytes + table.quarantine.pending_bytes
+            oldest = max(oldest, table.batcher.pending_age)
         if pending > self.settings.max_pending_bytes:
             return "too many rows waiting for ClickHouse"
         # Rows that wait longer than this are not "queryable within a second" any more:
         # ClickHouse takes less than we accept, so ask clients to slow down.
-        oldest = max((t.batcher.pending_age for t in self.tables.values()), default=0.0)
         if oldest > self.settings.max_pending_age:
             return f"ClickHouse is {oldest:.1f} s behind"
         return None

@@ -40,8 +40,11 @@ def count_rows(datasource: str, stored: int, quarantined: int) -> None:
     if series is None:
         series = _row_series[datasource] = (ROWS.labels(datasource, "stored"),
                                             ROWS.labels(datasource, "quarantined"))
-    series[0].inc(stored)
-    series[1].inc(quarantined)
+    # inc(0) would still take the counter's lock: skip it (most requests quarantine none).
+    if stored:
+        series[0].inc(stored)
+    if quarantined:
+        series[1].inc(quarantined)
 
 
 class MetricsHandler(web.RequestHandler):

@@ -110,8 +110,15 @@ def write_varint(value: int, out: bytearray) -> None:
     out.append(value)
 
 
+#: One-byte varints: most lengths and counts in a small block (the spool writes several
+#: per request).
+_SMALL_VARINTS = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """``value`` as an unsigned LEB128 varint."""
+    if 0 <= value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     write_varint(value, out)
     return bytes(out)
