@@ -273,3 +273,73 @@ def test_failed_request_id_can_be_retried(gateway: GatewayProcess) -> None:
     assert post_events(gateway, b"not gzip", headers=headers).status == 400
     body = gzip.compress(ndjson([event(tag, 1)]))
     assert post_events(gateway, body, headers=headers).status == 200
+
+
+# -- the lean path of /v0/events (EventsRouter) ------------------------------------------
+# A plain 202 POST is served without a RequestHandler; an X-Request-Id sends the same
+# request through EventsHandler. Both must answer alike.
+
+
+def _lean_cases(tag: str) -> dict[str, tuple[Any, dict[str, str]]]:
+    rows = ndjson(event(tag, i) for i in range(3))
+    return {
+        "rows": (rows, {}),
+        "bad rows": (rows + b'{"id": \n' + ndjson([event(tag, 9, ts="never")]), {}),
+        "gzip": (gzip.compress(rows), {"Content-Encoding": "gzip"}),
+        "tiny chunks": ((rows[i:i + 5] for i in range(0, len(rows), 5)), {}),
+        "corrupt gzip": (b"\x1f\x8b\x08 not gzip", {"Content-Encoding": "gzip"}),
+        "too large decoded": (gzip.compress(b" " * (80 << 20)), {"Content-Encoding": "gzip"}),
+        "empty": (b"", {}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_lean_cases("")))
+def test_lean_events_path_answers_as_the_handler(gateway: GatewayProcess, case: str) -> None:
+    tag = new_tag()
+    lean_body, headers = _lean_cases(tag)[case]
+    handler_body, _ = _lean_cases(tag)[case]
+    lean = post_events(gateway, lean_body, wait=False, headers=headers)
+    handler = post_events(gateway, handler_body, wait=False,
+                          headers={**headers, "X-Request-Id": f"{case}-{tag}"})
+    assert (lean.status, lean.body) == (handler.status, handler.body)
+    assert {k: v for k, v in lean.headers.items() if k != "date"} == \
+        {k: v for k, v in handler.headers.items() if k != "date"}
+    assert lean.headers["access-control-allow-origin"] == "*"
+    if lean.status == 202:
+        stored = lean.json()["successful_rows"] * 2
+        assert len(wait_for_rows(gateway, f"SELECT id FROM events WHERE tag = '{tag}'",
+                                 stored)) == stored
+
+
+def test_lean_events_path_is_counted(gateway: GatewayProcess) -> None:
+    def served() -> float:
+        text = call(gateway, "GET", "/metrics", token=None).body.decode()
+        line = next((line for line in text.splitlines() if line.startswith(
+            'tinyingest_request_seconds_count{handler="EventsHandler",status="202"}')), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before = served()
+    for i in range(3):
+        assert post_events(gateway, ndjson([event(new_tag(), i)]), wait=False).status == 202
+    assert served() == before + 3
+    assert call(gateway, "GET", "/healthz", token=None).json()["requests_in_flight"] == 0
+
+
+def test_lean_events_path_ends_with_a_client_gone_mid_body(gateway: GatewayProcess) -> None:
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    rows = ndjson(event(new_tag(), i) for i in range(4))
+    parts = urlsplit(gateway.url)
+    assert parts.hostname is not None and parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /v0/events?name=events HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + gateway.token.encode() + b"\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (len(rows) + 100) + rows)
+    # Not in flight any more (a drain would otherwise wait for it), and nothing broken.
+    deadline = time.monotonic() + 10
+    while call(gateway, "GET", "/healthz", token=None).json()["requests_in_flight"]:
+        assert time.monotonic() < deadline, "the request stayed in flight"
+        time.sleep(0.05)
+    assert post_events(gateway, rows, wait=False).status == 202

@@ -28,11 +28,17 @@ _row_series: dict[str, tuple[Any, Any]] = {}
 
 def log_request(handler: web.RequestHandler) -> None:
     """Tornado ``log_function``: one observation per finished request."""
-    key = (type(handler).__name__, handler.get_status())
+    observe_request(type(handler).__name__, handler.get_status(),
+                    handler.request.request_time())
+
+
+def observe_request(handler: str, status: int, seconds: float) -> None:
+    """One finished request (requests served without a RequestHandler call this)."""
+    key = (handler, status)
     series = _request_series.get(key)
     if series is None:
-        series = _request_series[key] = REQUESTS.labels(key[0], str(key[1]))
-    series.observe(handler.request.request_time())
+        series = _request_series[key] = REQUESTS.labels(handler, str(status))
+    series.observe(seconds)
 
 
 def count_rows(datasource: str, stored: int, quarantined: int) -> None:

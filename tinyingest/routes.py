@@ -13,9 +13,10 @@ from tinyingest.gateway import Gateway
 
 def make_app(gateway: Gateway, authorizer: Authorizer) -> web.Application:
     shared: dict[str, Any] = {"gateway": gateway, "authorizer": authorizer}
-    return web.Application(
+    events = handlers.EventsRouter(gateway, authorizer)
+    app = web.Application(
         [
-            (r"/v0/events", handlers.EventsHandler, shared),
+            (r"/v0/events", events),
             (r"/v0/datasources", handlers.DataSourcesHandler, shared),
             (r"/v0/sql", handlers.SQLHandler, shared),
             (r"/v0/pipes", handlers.PipesHandler, shared),
@@ -30,3 +31,5 @@ def make_app(gateway: Gateway, authorizer: Authorizer) -> web.Application:
         default_handler_args=shared,
         log_function=metrics.log_request,
     )
+    events.application = app
+    return app
