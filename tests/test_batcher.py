@@ -175,3 +175,49 @@ def test_two_connections_insert_two_batches_at_once(clickhouse_server: ClickHous
 
     asyncio.run(main())
     assert count(sink) == 8
+
+
+class _Held:
+    """A connection whose inserts wait until the test lets them through."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.release = threading.Event()
+
+    def insert(self, table: str, block: EncodedBlock) -> None:
+        assert self.release.wait(30), "the test never released the insert"
+        self._sink.insert(table, block)
+
+
+def test_lag_counts_only_waiting_for_clickhouse(sink: Sink) -> None:
+    """Rows waiting for the flush interval are not lag (they wait by design); rows waiting
+    while the only connection is busy are (the gateway's 503 "ClickHouse is behind")."""
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String)) ENGINE = MergeTree ORDER BY id")
+    held = _Held(sink)
+    writer = SinkPool([held], "writer")  # type: ignore[list-item]
+
+    async def main() -> None:
+        batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(flush_interval=600))
+        try:
+            timed = batcher.add(rows(0, 2))
+            await asyncio.sleep(0.05)
+            assert batcher.pending_age > 0 and batcher.lag == 0.0  # only the interval
+            batcher.expedite()  # the insert starts and is held
+            for _ in range(200):
+                if batcher.pending_rows == 0:
+                    break
+                await asyncio.sleep(0.01)
+            waiting = batcher.add(rows(2, 2))
+            await asyncio.sleep(0.05)
+            assert batcher.lag > 0  # the connection is busy
+            held.release.set()
+            batcher.expedite()
+            await asyncio.wait_for(asyncio.gather(timed, waiting), 30)
+            assert batcher.lag == 0.0
+        finally:
+            held.release.set()
+            await batcher.close()
+            writer._executor.shutdown()
+
+    asyncio.run(main())
+    assert count(sink) == 4

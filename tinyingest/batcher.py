@@ -153,6 +153,7 @@ class TableBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._in_flight = 0  # inserts running (at most the writer's connections)
 
     @property
     def pending_rows(self) -> int:
@@ -166,6 +167,18 @@ class TableBatcher:
     def pending_age(self) -> float:
         """Seconds the oldest pending block has waited (0 when nothing is pending)."""
         return time.monotonic() - self._pending[0].arrived if self._pending else 0.0
+
+    @property
+    def lag(self) -> float:
+        """Seconds the oldest pending block has waited while it could not be inserted: every
+        connection busy with an insert, or ClickHouse away. 0 while pending blocks only
+        wait for the flush interval, as they do by design."""
+        if not self._pending:
+            return 0.0
+        now = time.monotonic()
+        if self._in_flight < self._writer.size and self._retry_at <= now:
+            return 0.0
+        return now - self._pending[0].arrived
 
     def expedite(self) -> None:
         """Somebody waits for the pending rows (``wait=true``): insert them as soon as the
@@ -219,6 +232,7 @@ class TableBatcher:
 
         def delivered(task: asyncio.Task[None]) -> None:
             deliveries.discard(task)
+            self._in_flight = len(deliveries)
             self._wakeup.set()  # a connection is free
 
         loop = asyncio.get_running_loop()
@@ -230,6 +244,7 @@ class TableBatcher:
                     if due == 0:
                         task = loop.create_task(self._deliver(self._take_batch()))
                         deliveries.add(task)
+                        self._in_flight = len(deliveries)
                         task.add_done_callback(delivered)
                         continue
                 elif self._closing and not self._pending and not deliveries:

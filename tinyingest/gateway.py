@@ -198,11 +198,12 @@ class Gateway:
         oldest = 0.0
         for table in self.tables.values():
             pending += table.batcher.pending_bytes + table.quarantine.pending_bytes
-            oldest = max(oldest, table.batcher.pending_age)
+            oldest = max(oldest, table.batcher.lag)
         if pending > self.settings.max_pending_bytes:
             return "too many rows waiting for ClickHouse"
-        # Rows that wait longer than this are not "queryable within a second" any more:
-        # ClickHouse takes less than we accept, so ask clients to slow down.
+        # Rows that wait longer than this for ClickHouse (every insert connection busy, or
+        # ClickHouse away; not the flush interval) are not "queryable within a second" any
+        # more: ClickHouse takes less than we accept, so ask clients to slow down.
         if oldest > self.settings.max_pending_age:
             return f"ClickHouse is {oldest:.1f} s behind"
         return None

@@ -193,6 +193,8 @@ class IngestHandler(BaseHandler):
         raise NotImplementedError
 
     def prepare(self) -> None:
+        # A check added here that can refuse a plain /v0/events POST must also send it
+        # away from the lean path (EventsRouter._lean), which admits only what this accepts.
         if self.request.method != "POST":
             return
         self._counted = True
