@@ -17,6 +17,10 @@ Prints, from one run on this machine (every ratio is measured within the same ru
 4. memory: peak RSS (VmHWM) of a fresh gateway while a ``--big-mib`` (2048) chunked body
    streams through ``/v0/events?wait=true``. Target: <= 300 MB.
 
+The peers of 1 and 2 are measured back to back with the single-process gateway
+``--rounds`` (3) times and the median ratio counts: this VM's speed drifts by a third
+between minutes, which one pair measured a minute apart would take for a difference.
+
 Every line also says where the CPU went (cores used by gateway, ClickHouse, the client
 and ``other``: anything else busy on the machine, which skews the figures).
 
@@ -42,6 +46,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -420,8 +425,8 @@ class Bench:
 
     # 1. throughput -----------------------------------------------------------------
 
-    def throughput_direct(self) -> float:
-        db = "direct"
+    def throughput_direct(self, round_: int = 0) -> float:
+        db = f"direct{round_}"
         self.ch.query(f"CREATE DATABASE {db}")
         self.ch.query(DIRECT_TABLE.format(db=db), allow_experimental_low_cardinality_type="1")
         insert = f"INSERT INTO {db}.events FORMAT JSONEachRow"
@@ -430,8 +435,8 @@ class Bench:
             result = self._posts(path, {}, ok=(200,))
         return self._report_throughput("clickhouse-http", result, f"{db}.events", cpu.text)
 
-    def throughput_gateway(self, workers: int) -> float:
-        db = f"tput{workers}"
+    def throughput_gateway(self, workers: int, round_: int = 0) -> float:
+        db = f"tput{workers}_{round_}"
         with self.gateway(db, workers) as gateway:
             with self.profile(f"throughput-w{workers}", gateway, workers), \
                     self.cpu(gateway=gateway.pid) as cpu:
@@ -520,8 +525,8 @@ class Bench:
         self._report_tiny(name, stats, f"; {cpu.text}")
         return stats["rps"]
 
-    def tiny_gateway(self, workers: int) -> float:
-        db = f"tiny{workers}"
+    def tiny_gateway(self, workers: int, round_: int = 0) -> float:
+        db = f"tiny{workers}_{round_}"
         with self.gateway(db, workers) as gateway:
             with self.profile(f"tiny-w{workers}", gateway, workers), \
                     self.cpu(gateway=gateway.pid) as cpu:
@@ -701,6 +706,11 @@ def wait_quiet(limit: float) -> float:
     return busy
 
 
+def _rounds(ratios: list[float]) -> str:
+    """Each round's ratio: a machine whose speed drifts shows as a spread."""
+    return f"{len(ratios)} rounds: " + " ".join(f"{r:.2f}" for r in ratios)
+
+
 def main() -> int:
     args = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -725,12 +735,15 @@ def main() -> int:
                       help="a non-default TINYINGEST_* setting for every gateway (experiments)")
     args.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                       help="first wait up to this long for other jobs to leave the CPUs idle")
+    args.add_argument("--rounds", type=int, help="throughput and tiny-events: peer and "
+                      "gateway measured back to back this many times; the median ratio (3)")
     args.add_argument("--only", default="throughput,tiny,freshness,memory",
                       help="comma-separated phases")
     o = args.parse_args()
     quick = o.quick
     o.bodies = o.bodies or (40 if quick else 200)
     o.tiny_seconds = o.tiny_seconds or (3 if quick else 10)
+    o.rounds = o.rounds or (1 if quick else 3)
     o.fresh_seconds = o.fresh_seconds or (6.0 if quick else 30.0)
     o.big_mib = o.big_mib or (256 if quick else 2048)
     phases = set(o.only.split(","))
@@ -767,22 +780,29 @@ def main() -> int:
             summary: list[str] = []
             if "throughput" in phases:
                 bench.out("## 1. throughput: 1 MB bodies, wait=true vs ClickHouse HTTP JSONEachRow")
-                direct = bench.throughput_direct()
-                gw1 = bench.throughput_gateway(1)
+                ratios = []
+                for round_ in range(o.rounds):
+                    direct = bench.throughput_direct(round_)
+                    ratios.append(bench.throughput_gateway(1, round_) / direct)
                 gw2 = bench.throughput_gateway(2)
+                ratio = statistics.median(ratios)
                 summary.append(f"throughput ratio gateway/clickhouse-http: "
-                               f"w=1 {gw1 / direct:.2f}x, "
+                               f"w=1 {ratio:.2f}x (median of {_rounds(ratios)}), "
                                f"w=2 {gw2 / direct:.2f}x (target >= 1.5x: "
-                               f"{'met' if gw1 / direct >= 1.5 else 'MISSED'} at w=1)")
+                               f"{'met' if ratio >= 1.5 else 'MISSED'} at w=1)")
             if "tiny" in phases:
                 bench.out(f"## 2. tiny events: 1-row POSTs, {o.connections} keep-alive "
                           f"connections, wrk -t{o.wrk_threads} {o.tiny_seconds} s each, 202 mode")
-                bare = bench.tiny_bare("plain")
+                ratios = []
+                for round_ in range(o.rounds):
+                    bare = bench.tiny_bare("plain")
+                    ratios.append(bench.tiny_gateway(1, round_) / bare)
                 streaming = bench.tiny_bare("streaming")
-                tiny1 = bench.tiny_gateway(1)
                 tiny2 = bench.tiny_gateway(2)
-                summary.append(f"tiny-events ratio gateway/bare: w=1 {tiny1 / bare:.2f}x "
-                               f"(target >= 0.8x: {'met' if tiny1 / bare >= 0.8 else 'MISSED'}), "
+                ratio = statistics.median(ratios)
+                summary.append(f"tiny-events ratio gateway/bare: w=1 {ratio:.2f}x "
+                               f"(median of {_rounds(ratios)}; target >= 0.8x: "
+                               f"{'met' if ratio >= 0.8 else 'MISSED'}), "
                                f"w=2 {tiny2:,.0f} req/s = {tiny2 / bare:.2f}x one bare process; "
                                f"bare streaming handler {streaming / bare:.2f}x bare")
             if "freshness" in phases:
