@@ -62,7 +62,8 @@ class EncodedBlock:
     types: tuple[str, ...]
     num_rows: int
     payloads: tuple[bytes, ...]
+    #: Encoded size; computed once, as the batcher reads it several times per block.
+    nbytes: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(p) for p in self.payloads)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", sum(map(len, self.payloads)))
