@@ -154,6 +154,7 @@ class TableBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight = 0  # inserts running (at most the writer's connections)
+        self._away = False  # the last insert failed for a transient reason
 
     @property
     def pending_rows(self) -> int:
@@ -170,15 +171,13 @@ class TableBatcher:
 
     @property
     def lag(self) -> float:
-        """Seconds the oldest pending block has waited while it could not be inserted: every
-        connection busy with an insert, or ClickHouse away. 0 while pending blocks only
-        wait for the flush interval, as they do by design."""
-        if not self._pending:
+        """Seconds the oldest pending block has waited for a busy ClickHouse: every insert
+        connection taken. 0 while pending blocks only wait for the flush interval (as they
+        do by design), and while ClickHouse is away: then the spool takes the rows, up to
+        its limit, until ClickHouse is back."""
+        if not self._pending or self._away or self._in_flight < self._writer.size:
             return 0.0
-        now = time.monotonic()
-        if self._in_flight < self._writer.size and self._retry_at <= now:
-            return 0.0
-        return now - self._pending[0].arrived
+        return time.monotonic() - self._pending[0].arrived
 
     def expedite(self) -> None:
         """Somebody waits for the pending rows (``wait=true``): insert them as soon as the
@@ -299,6 +298,7 @@ class TableBatcher:
     def _stored(self, batch: list[_Pending]) -> None:
         self._backoff = 0.1
         self._retry_at = 0.0
+        self._away = False
         self._on_stored([item.record for item in batch if item.record is not None])
         self._settle(batch, None)
 
@@ -314,6 +314,7 @@ class TableBatcher:
         self._pending_bytes += sum(item.block.nbytes for item in batch)
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._limits.max_backoff)
+        self._away = True
 
     async def _isolate(self, batch: list[_Pending], error: SinkError) -> None:
         """ClickHouse refused a batch: insert it in halves to find the refused blocks (one

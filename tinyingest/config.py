@@ -50,8 +50,8 @@ class Settings:
     spool_fsync: str = "none"
     #: Encoded rows held in memory for all tables before new rows are refused with 503.
     max_pending_bytes: int = 256 << 20
-    #: Seconds the oldest pending row may wait for ClickHouse (every insert connection
-    #: busy, or ClickHouse away; not the flush interval) before new rows get 503:
+    #: Seconds the oldest pending row may wait for a busy ClickHouse (every insert
+    #: connection taken; not the flush interval) before new rows get 503:
     #: with an insert's own time added, accepted rows stay queryable within a second.
     max_pending_age: float = 0.5
     #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.

@@ -201,9 +201,10 @@ class Gateway:
             oldest = max(oldest, table.batcher.lag)
         if pending > self.settings.max_pending_bytes:
             return "too many rows waiting for ClickHouse"
-        # Rows that wait longer than this for ClickHouse (every insert connection busy, or
-        # ClickHouse away; not the flush interval) are not "queryable within a second" any
-        # more: ClickHouse takes less than we accept, so ask clients to slow down.
+        # Rows that wait longer than this for a busy ClickHouse (every insert connection
+        # taken; not the flush interval) are not "queryable within a second" any more:
+        # ClickHouse takes less than we accept, so ask clients to slow down. While it is
+        # away, rows are accepted into the spool up to the limits above.
         if oldest > self.settings.max_pending_age:
             return f"ClickHouse is {oldest:.1f} s behind"
         return None
