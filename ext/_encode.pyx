@@ -12,8 +12,8 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawFree
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from buffers cimport (Buf, buf_reserve, buf_append, buf_free, put_varint, read_varint,
-                     strings_native)
+from buffers cimport (Buf, buf_reserve, buf_append, buf_free, buf_take, put_varint,
+                     read_varint, strings_native)
 
 import sys
 
@@ -31,7 +31,6 @@ def encode_strings(offsets, data):
     cdef const unsigned char* data_ptr = NULL
     cdef int rc
     cdef Buf out
-    cdef bytes result
     memset(&out, 0, sizeof(Buf))
     if count <= 0:
         return b""
@@ -40,15 +39,9 @@ def encode_strings(offsets, data):
         raise ValueError("offsets do not match data")
     if data_view.shape[0]:
         data_ptr = &data_view[0]
-    try:
-        with nogil:
-            rc = strings_native(offs, count, data_ptr, &out)
-        if rc < 0:
-            raise MemoryError()
-        result = PyBytes_FromStringAndSize(out.ptr, out.len)
-    finally:
-        buf_free(&out)
-    return result
+    with nogil:
+        rc = strings_native(offs, count, data_ptr, &out)
+    return buf_take(&out, rc)
 
 
 @cython.boundscheck(False)
@@ -345,7 +338,6 @@ def encode_low_cardinality(offsets, data, nulls=None):
     cdef Py_ssize_t i
     cdef int rc
     cdef Buf out
-    cdef bytes result
     if off_view.shape[0] % 8:
         raise ValueError("string offsets must be int64 values")
     if count <= 0:
@@ -364,15 +356,9 @@ def encode_low_cardinality(offsets, data, nulls=None):
     if data_view.shape[0]:
         data_ptr = &data_view[0]
     memset(&out, 0, sizeof(Buf))
-    try:
-        with nogil:
-            rc = lc_encode(offs, count, data_ptr, null_ptr, 0, &out)
-        if rc < 0:
-            raise MemoryError()
-        result = PyBytes_FromStringAndSize(out.ptr, out.len)
-    finally:
-        buf_free(&out)
-    return result
+    with nogil:
+        rc = lc_encode(offs, count, data_ptr, null_ptr, 0, &out)
+    return buf_take(&out, rc)
 
 
 @cython.boundscheck(False)
@@ -387,7 +373,6 @@ def encode_low_cardinality_fixed(values, Py_ssize_t width, nulls=None):
     cdef Py_ssize_t count
     cdef int rc
     cdef Buf out
-    cdef bytes result
     if width <= 0 or view.shape[0] % width:
         raise ValueError(f"{view.shape[0]} value bytes are not values of {width} bytes")
     count = view.shape[0] // width
@@ -399,13 +384,7 @@ def encode_low_cardinality_fixed(values, Py_ssize_t width, nulls=None):
             raise ValueError(f"{null_view.shape[0]} null flags for {count} rows")
         null_ptr = &null_view[0]
     memset(&out, 0, sizeof(Buf))
-    try:
-        with nogil:
-            rc = lc_encode(NULL, count, &view[0], null_ptr, width, &out)
-        if rc < 0:
-            raise MemoryError()
-        result = PyBytes_FromStringAndSize(out.ptr, out.len)
-    finally:
-        buf_free(&out)
-    return result
+    with nogil:
+        rc = lc_encode(NULL, count, &view[0], null_ptr, width, &out)
+    return buf_take(&out, rc)
 include "sort.pxi"

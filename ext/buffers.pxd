@@ -1,5 +1,6 @@
 # Growable byte buffers owned by the parsers (PyMem_Raw*: usable without the GIL).
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawRealloc, PyMem_RawFree
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -67,6 +68,16 @@ cdef inline void buf_free(Buf* buf) noexcept nogil:
     buf.ptr = NULL
     buf.len = 0
     buf.cap = 0
+
+cdef inline bytes buf_take(Buf* buf, int rc):
+    # What a nogil encoder built in ``buf``, as bytes; ``buf`` is freed either way.
+    # ``rc`` < 0: the encoder ran out of memory.
+    try:
+        if rc < 0:
+            raise MemoryError()
+        return PyBytes_FromStringAndSize(buf.ptr, buf.len)
+    finally:
+        buf_free(buf)
 
 cdef inline void put_varint(Buf* out, uint64_t value) noexcept nogil:
     # LEB128, as Native writes lengths; the caller has reserved 10 bytes.
