@@ -153,7 +153,8 @@ class TableBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._in_flight = 0  # inserts running (at most the writer's connections)
+        #: Inserts running: at most one per writer connection.
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._away = False  # the last insert failed for a transient reason
 
     @property
@@ -175,7 +176,7 @@ class TableBatcher:
         connection taken. 0 while pending blocks only wait for the flush interval (as they
         do by design), and while ClickHouse is away: then the spool takes the rows, up to
         its limit, until ClickHouse is back."""
-        if not self._pending or self._away or self._in_flight < self._writer.size:
+        if not self._pending or self._away or len(self._deliveries) < self._writer.size:
             return 0.0
         return time.monotonic() - self._pending[0].arrived
 
@@ -227,11 +228,10 @@ class TableBatcher:
         return max(0.0, self._pending[0].arrived + limits.flush_interval - now)
 
     async def _run(self) -> None:
-        deliveries: set[asyncio.Task[None]] = set()
+        deliveries = self._deliveries
 
         def delivered(task: asyncio.Task[None]) -> None:
             deliveries.discard(task)
-            self._in_flight = len(deliveries)
             self._wakeup.set()  # a connection is free
 
         loop = asyncio.get_running_loop()
@@ -243,7 +243,6 @@ class TableBatcher:
                     if due == 0:
                         task = loop.create_task(self._deliver(self._take_batch()))
                         deliveries.add(task)
-                        self._in_flight = len(deliveries)
                         task.add_done_callback(delivered)
                         continue
                 elif self._closing and not self._pending and not deliveries:
