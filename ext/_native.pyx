@@ -193,6 +193,10 @@ cdef class _ParserCore:
     def columns(self):
         return list(self._specs)
 
+    @property
+    def num_rows(self):
+        return self._num_rows
+
     def take_block(self):
         cdef int i
         cdef Column* col

@@ -44,6 +44,9 @@ class NDJSONParser:
     @property
     def columns(self) -> list[ColumnSpec]:
         """The columns, in block order."""
+    @property
+    def num_rows(self) -> int:
+        """Good rows in the current block so far (rows ended minus rows quarantined)."""
     def feed(self, data: _Buffer) -> int:
         """Parse the complete rows in ``data`` (any buffer); an incomplete last row is
         carried to the next call. A UTF-8 BOM is skipped at the start of the body only.
@@ -87,6 +90,9 @@ class CSVParser:
     @property
     def columns(self) -> list[ColumnSpec]:
         """The columns, in block order."""
+    @property
+    def num_rows(self) -> int:
+        """Good rows in the current block so far (rows ended minus rows quarantined)."""
     def feed(self, data: _Buffer) -> int:
         """Parse the complete records in ``data``; returns how many rows ended (a
         header and blank records do not count)."""

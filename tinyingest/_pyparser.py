@@ -643,6 +643,10 @@ class _ParserBase:
     def columns(self) -> list[ColumnSpec]:
         return [c.spec for c in self._columns]
 
+    @property
+    def num_rows(self) -> int:
+        return self._num_rows
+
     def take_block(self) -> Block:
         """Hand over the rows parsed so far and start a new block."""
         block = Block(self._num_rows, [c.take() for c in self._columns], self._errors)

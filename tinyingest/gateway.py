@@ -3,6 +3,7 @@
 :class:`Gateway` is built once at startup (tables created, batchers ready) and handed
 to every handler. :class:`Ingest` is one request's stream: decoded bytes in, blocks
 out to the data source's batcher and bad rows to its quarantine batcher.
+:class:`SmallBodies` does the same for many small 202 bodies at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
 from tinyingest.idempotency import RecentRequests
-from tinyingest.block import EncodedBlock
+from tinyingest.block import Block, EncodedBlock
 from tinyingest.native import encode_block, sort_plan
 from tinyingest.pipes import (
     CompiledQuery,
@@ -45,6 +46,10 @@ log = logging.getLogger("tinyingest")
 #: Rows handed from a request's parser to the batcher at a time: keeps a streaming
 #: upload's memory flat whatever its size.
 BLOCK_ROWS = 65_536
+
+#: Uncompressed /v0/events bodies up to this size (announced) are parsed whole when they
+#: end and coalesced with others (:class:`SmallBodies`); larger ones stream.
+SMALL_BODY_BYTES = 64 << 10
 
 #: NDJSON parsers kept for reuse per table.
 _IDLE_PARSERS = 64
@@ -67,6 +72,8 @@ class Table:
     #: NDJSON parsers that finished a body, reused: building one costs more than a tiny
     #: request's parsing (CSV parsers keep a body's header, so they are not reused).
     idle_parsers: list[parser.Parser] = field(default_factory=list)
+    #: Small 202 bodies of the lean /v0/events path (see Gateway.small_bodies).
+    small_bodies: SmallBodies | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +253,13 @@ class Gateway:
             created_at=time.time(),
         )
 
+    def small_bodies(self, table: Table) -> SmallBodies:
+        """The table's coalescer of small 202 bodies, built on first use. Raises
+        SchemaError as an :class:`Ingest` of the table would."""
+        if table.small_bodies is None:
+            table.small_bodies = SmallBodies(self.spool, table, self.settings.max_row_bytes)
+        return table.small_bodies
+
     def query_limits(self, pipe: Pipe | None = None) -> QueryLimits:
         """The limits of ``pipe``'s endpoint (its ``QUERY_MAX_ROWS`` / ``QUERY_TIMEOUT``
         where set), or of ``/v0/sql`` (None)."""
@@ -389,21 +403,12 @@ class Ingest:
     def _hand_over(self) -> None:
         block = self._parser.take_block()
         self._rows_since_take = 0
-        datasource = self.table.datasource
-        # Spooled before the batcher sees it: once added, a block is promised.
-        if block.num_rows:
-            encoded = encode_block(self._columns, block)
-            record = self._spool.append(datasource.name, encoded)
-            self._futures.append(self.table.batcher.add(encoded, record))
-            self.successful_rows += block.num_rows
-        if block.errors:
-            bad = quarantine_rows(datasource, self._columns, block.errors,
-                                  csv_delimiter=self._delimiter, import_id=self.import_id,
-                                  max_row_bytes=self._max_row_bytes)
-            record = self._spool.append(datasource.quarantine_name, bad)
-            self._futures.append(self.table.quarantine.add(bad, record))
-            self.quarantined_rows += len(block.errors)
-            self.invalid_lines += sum(1 for e in block.errors if e.code in _UNREADABLE)
+        promise(self._spool, self.table, self._columns, block, self._futures,
+                csv_delimiter=self._delimiter, import_id=self.import_id,
+                max_row_bytes=self._max_row_bytes)
+        self.successful_rows += block.num_rows
+        self.quarantined_rows += len(block.errors)
+        self.invalid_lines += sum(1 for e in block.errors if e.code in _UNREADABLE)
 
     def backpressure(self) -> Awaitable[Any] | None:
         """While the table has much more pending than one flush: something to wait on
@@ -424,6 +429,78 @@ class Ingest:
         """For 202 answers: nobody awaits the inserts, but their errors must be consumed."""
         for future in self._futures:
             future.add_done_callback(_consume)
+
+
+def promise(spool: Spool, table: Table, columns: Sequence[ColumnSpec], block: Block,
+            futures: list[asyncio.Future[None]], *, csv_delimiter: bytes | None = None,
+            import_id: str = "", max_row_bytes: int) -> None:
+    """Spool ``block``'s rows and its bad rows, then queue them for their tables; each
+    insert's future is appended to ``futures``. Once a part is queued it is promised, so
+    a :class:`SpoolFull` for the bad rows leaves the good rows promised."""
+    datasource = table.datasource
+    # Spooled before the batcher sees it: once added, a block is promised.
+    if block.num_rows:
+        encoded = encode_block(columns, block)
+        record = spool.append(datasource.name, encoded)
+        futures.append(table.batcher.add(encoded, record))
+    if block.errors:
+        bad = quarantine_rows(datasource, columns, block.errors, csv_delimiter=csv_delimiter,
+                              import_id=import_id, max_row_bytes=max_row_bytes)
+        record = spool.append(datasource.quarantine_name, bad)
+        futures.append(table.quarantine.add(bad, record))
+
+
+#: What a small body's request learns once its rows are promised: its stored and
+#: quarantined row counts, or why nothing of it was.
+Accepted = Callable[[int, int, "Exception | None"], None]
+
+
+class SmallBodies:
+    """Small NDJSON bodies of one data source answered 202, coalesced.
+
+    Each body is parsed whole when its request ends, into one parser shared by all of
+    them; once per event-loop pass the rows of every body that ended in that pass are
+    spooled and queued as one block, and then each request learns its counts. A 1-row
+    request so costs a parse, not a block, an encode, a spool write and an insert future
+    of its own. The promise is the same as :class:`Ingest`'s: nobody hears "accepted"
+    before its rows are in the spool.
+    """
+
+    def __init__(self, spool: Spool, table: Table, max_row_bytes: int) -> None:
+        self._spool = spool
+        self._table = table
+        self._max_row_bytes = max_row_bytes
+        self._parser = parser.NDJSONParser(table.ndjson_columns, max_row_bytes=max_row_bytes)
+        self._waiting: list[tuple[Accepted, int, int]] = []  # since the last hand-over
+
+    def add(self, body: bytes, accepted: Accepted) -> None:
+        """Parse ``body`` (a whole request's); ``accepted`` is called in this or the next
+        event-loop pass."""
+        parser_ = self._parser
+        good = parser_.num_rows
+        ended = parser_.feed(body) + parser_.finish()
+        good = parser_.num_rows - good
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._waiting.append((accepted, good, ended - good))
+
+    def _hand_over(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        block = self._parser.take_block()
+        futures: list[asyncio.Future[None]] = []
+        try:
+            promise(self._spool, self._table, self._table.ndjson_columns, block, futures,
+                    max_row_bytes=self._max_row_bytes)
+        except Exception as exc:  # noqa: BLE001 - each request is answered with it
+            for accepted, _, _ in waiting:
+                accepted(0, 0, exc)
+            return
+        finally:
+            for future in futures:  # nobody awaits a 202's inserts: consume their errors
+                future.add_done_callback(_consume)
+        metrics.count_rows(self._table.datasource.name, block.num_rows, len(block.errors))
+        for accepted, good, bad in waiting:
+            accepted(good, bad, None)
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -44,7 +44,15 @@ from tinyingest.auth import (
 )
 from tinyingest.datafiles import Pipe
 from tinyingest.decompress import BodyError, Decoder, make_decoder
-from tinyingest.gateway import Gateway, Ingest, QueryLimits, Table, new_import_id
+from tinyingest.gateway import (
+    SMALL_BODY_BYTES,
+    Gateway,
+    Ingest,
+    QueryLimits,
+    SmallBodies,
+    Table,
+    new_import_id,
+)
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
@@ -388,9 +396,9 @@ class EventsRouter(routing.Router):
     that :class:`EventsHandler` would accept and answer without waiting (POST, a Bearer
     token with the append scope on a known data source, no ``wait``, no request id, no
     multipart, an acceptable size and encoding, the gateway neither draining nor
-    overloaded) is served by :class:`_LeanIngest`: the same streaming, spool and answer
-    bytes. Every other request, refusals included, goes to the handler, the one
-    implementation of each of them.
+    overloaded) is served by :class:`_LeanIngest`, or :class:`_LeanSmallBody` for a small
+    body: the same spool promise and answer bytes. Every other request, refusals
+    included, goes to the handler, the one implementation of each of them.
     """
 
     def __init__(self, gateway: Gateway, authorizer: Authorizer) -> None:
@@ -409,7 +417,7 @@ class EventsRouter(routing.Router):
         return self.application.get_handler_delegate(
             request, EventsHandler, {"gateway": self.gateway, "authorizer": self.authorizer})
 
-    def _lean(self, request: httputil.HTTPServerRequest) -> _LeanIngest | None:
+    def _lean(self, request: httputil.HTTPServerRequest) -> _LeanRequest | None:
         """The lean path for this request, or None for the handler. Each check mirrors one
         of IngestHandler.prepare / EventsHandler; when in doubt, the handler."""
         if request.method != "POST":
@@ -444,12 +452,17 @@ class EventsRouter(routing.Router):
             return None
         if headers.get("Content-Type", "").lower().startswith("multipart/form-data"):
             return None
+        encoding = headers.get("Content-Encoding")
         try:
-            decoder = make_decoder(headers.get("Content-Encoding"), limit)
+            if encoding is None and length is not None and length.isdigit() and \
+                    int(length) <= SMALL_BODY_BYTES:
+                return _LeanSmallBody(gateway, request, self._late_bodies,
+                                      gateway.small_bodies(table))
+            decoder = make_decoder(encoding, limit)
             ingest = Ingest(gateway, table, "ndjson")
         except (BodyError, SchemaError, ValueError):
             return None
-        return _LeanIngest(gateway, request, decoder, ingest, self._late_bodies)
+        return _LeanIngest(gateway, request, self._late_bodies, decoder, ingest)
 
 
 #: The handler's ``Server`` header, kept on the lean path's answers.
@@ -462,55 +475,29 @@ def _http_date(second: int) -> str:
     return httputil.format_timestamp(second)
 
 
-class _LeanIngest(httputil.HTTPMessageDelegate):
-    """One admitted ``/v0/events`` request (see :class:`EventsRouter`): body chunks to
-    the decoder and the ingest as they come, then 202 with the row counts. Its answers,
+class _LeanRequest(httputil.HTTPMessageDelegate):
+    """One admitted ``/v0/events`` request (see :class:`EventsRouter`). Its answers,
     errors included, carry the same status, headers and JSON as the handler's, and it
     is counted in the metrics as ``EventsHandler``."""
 
     def __init__(self, gateway: Gateway, request: httputil.HTTPServerRequest,
-                 decoder: Decoder, ingest: Ingest, late_bodies: _LateBodies) -> None:
+                 late_bodies: _LateBodies) -> None:
         self.gateway = gateway
         self.request = request
-        self.decoder = decoder
-        self.ingest: Ingest | None = ingest
         self.answered = False
         self._counted = True
         self._late_bodies = late_bodies
         late_bodies.watch(self)
         gateway.active_requests += 1
 
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.answered or self.ingest is None:
-            return None
-        try:
-            self.ingest.feed(self.decoder.feed(chunk))
-        except Exception as exc:  # noqa: BLE001 - every error is answered, as the handler does
-            self._fail(exc)
-            return None
-        return self.ingest.backpressure()
-
-    def finish(self) -> None:
-        ingest = self.ingest
-        if self.answered or ingest is None:
-            return
-        try:
-            ingest.feed(self.decoder.finish())
-            ingest.finish()
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-            return
-        self._release()
-        self._answer(202, {"successful_rows": ingest.successful_rows,
-                           "quarantined_rows": ingest.quarantined_rows})
-
     def on_connection_close(self) -> None:
-        # A client that went away mid-body: its complete rows were accepted as they came.
-        self._release()
         self._done()
 
+    def _accepted(self, successful_rows: int, quarantined_rows: int) -> None:
+        self._answer(202, {"successful_rows": successful_rows,
+                           "quarantined_rows": quarantined_rows})
+
     def _fail(self, exc: Exception) -> None:
-        self._release()
         if isinstance(exc, BodyError):
             self._answer(exc.status, {"error": str(exc)})
         elif isinstance(exc, SpoolFull):
@@ -520,12 +507,6 @@ class _LeanIngest(httputil.HTTPMessageDelegate):
             app_log.error("Uncaught exception %s %s", self.request.method, self.request.uri,
                           exc_info=exc)
             self._answer(500, {"error": responses[500]})
-
-    def _release(self) -> None:
-        """Nobody awaits this request's inserts: their errors must still be consumed."""
-        ingest, self.ingest = self.ingest, None
-        if ingest is not None:
-            ingest.discard_results()
 
     def _answer(self, status: int, body: Any, extra: dict[str, str] | None = None) -> None:
         self.answered = True
@@ -551,6 +532,92 @@ class _LeanIngest(httputil.HTTPMessageDelegate):
             self._late_bodies.forget(self)
 
 
+class _LeanIngest(_LeanRequest):
+    """A streamed body: chunks to the decoder and the request's own :class:`Ingest` as
+    they come, then 202 with the row counts."""
+
+    def __init__(self, gateway: Gateway, request: httputil.HTTPServerRequest,
+                 late_bodies: _LateBodies, decoder: Decoder, ingest: Ingest) -> None:
+        super().__init__(gateway, request, late_bodies)
+        self.decoder = decoder
+        self.ingest: Ingest | None = ingest
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.answered or self.ingest is None:
+            return None
+        try:
+            self.ingest.feed(self.decoder.feed(chunk))
+        except Exception as exc:  # noqa: BLE001 - every error is answered, as the handler does
+            self._fail(exc)
+            return None
+        return self.ingest.backpressure()
+
+    def finish(self) -> None:
+        ingest = self.ingest
+        if self.answered or ingest is None:
+            return
+        try:
+            ingest.feed(self.decoder.finish())
+            ingest.finish()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        self._release()
+        self._accepted(ingest.successful_rows, ingest.quarantined_rows)
+
+    def on_connection_close(self) -> None:
+        # A client that went away mid-body: its complete rows were accepted as they came.
+        self._release()
+        super().on_connection_close()
+
+    def _fail(self, exc: Exception) -> None:
+        self._release()
+        super()._fail(exc)
+
+    def _release(self) -> None:
+        """Nobody awaits this request's inserts: their errors must still be consumed."""
+        ingest, self.ingest = self.ingest, None
+        if ingest is not None:
+            ingest.discard_results()
+
+
+class _LeanSmallBody(_LeanRequest):
+    """A small uncompressed body (at most :data:`SMALL_BODY_BYTES`, announced): kept
+    until it is complete, then handed to the table's :class:`SmallBodies`, which answers
+    it with the other small bodies of the same event-loop pass."""
+
+    def __init__(self, gateway: Gateway, request: httputil.HTTPServerRequest,
+                 late_bodies: _LateBodies, small_bodies: SmallBodies) -> None:
+        super().__init__(gateway, request, late_bodies)
+        self.small_bodies = small_bodies
+        self.chunks: list[bytes] = []
+        self.closed = False
+
+    def data_received(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def finish(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        self.small_bodies.add(chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                              self._promised)
+
+    def on_connection_close(self) -> None:
+        # Before finish(): nothing of the body was taken. After: its rows are promised,
+        # but nobody is left to hear it.
+        self.closed = True
+        self.chunks = []
+        super().on_connection_close()
+
+    def _promised(self, successful_rows: int, quarantined_rows: int,
+                  error: Exception | None) -> None:
+        if self.closed:
+            return
+        if error is not None:
+            self._fail(error)
+        else:
+            self._accepted(successful_rows, quarantined_rows)
+
+
 class _LateBodies:
     """TINYINGEST_BODY_TIMEOUT for the lean path. Tornado's own costs a timer and three
     futures per request (about 7 % of a 1-row request's CPU), so it is turned off for
@@ -559,10 +626,10 @@ class _LateBodies:
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._deadlines: dict[_LeanIngest, float] = {}  # insertion order: oldest first
+        self._deadlines: dict[_LeanRequest, float] = {}  # insertion order: oldest first
         self._sweeper: PeriodicCallback | None = None
 
-    def watch(self, lean: _LeanIngest) -> None:
+    def watch(self, lean: _LeanRequest) -> None:
         connection = lean.request.connection
         if not isinstance(connection, HTTP1Connection):
             return  # not Tornado's HTTP/1 connection: its own timeout applies
@@ -572,7 +639,7 @@ class _LateBodies:
             self._sweeper = PeriodicCallback(self._sweep, 1000)
             self._sweeper.start()
 
-    def forget(self, lean: _LeanIngest) -> None:
+    def forget(self, lean: _LeanRequest) -> None:
         self._deadlines.pop(lean, None)
 
     def _sweep(self) -> None:
