@@ -311,6 +311,34 @@ def test_lean_events_path_answers_as_the_handler(gateway: GatewayProcess, case: 
                                  stored)) == stored
 
 
+def test_concurrent_small_bodies_each_learn_their_own_counts(gateway: GatewayProcess) -> None:
+    # Small bodies that end in the same event-loop pass share a parser and a spool record
+    # (SmallBodies); each answer must still count its own body's rows.
+    from concurrent.futures import ThreadPoolExecutor
+
+    tag = new_tag()
+
+    def body(i: int) -> tuple[bytes, dict[str, int]]:
+        good = [event(tag, i * 10 + k) for k in range(i % 3 + 1)]
+        bad = [event(tag, i * 10 + 9, ts="never")] if i % 4 == 0 else []
+        return ndjson(good + bad), {"successful_rows": len(good), "quarantined_rows": len(bad)}
+
+    def post(i: int) -> tuple[int, Any, dict[str, int]]:
+        data, expected = body(i)
+        response = post_events(gateway, data, wait=False)
+        return response.status, response.json(), expected
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, range(160)))
+    assert [(status, got) for status, got, _ in answers] == \
+        [(202, expected) for _, _, expected in answers]
+    stored = sum(expected["successful_rows"] for _, _, expected in answers)
+    assert len(wait_for_rows(gateway, f"SELECT id FROM events WHERE tag = '{tag}'",
+                             stored)) == stored
+    assert len(wait_for_rows(gateway, "SELECT c__raw FROM events_quarantine "
+                             f"WHERE tag = '{tag}'", 40)) == 40
+
+
 def test_lean_events_path_is_counted(gateway: GatewayProcess) -> None:
     def served() -> float:
         text = call(gateway, "GET", "/metrics", token=None).body.decode()

@@ -530,6 +530,31 @@ def test_feed_counts_rows(parser_module: ModuleType) -> None:
     assert parser.take_block().num_rows == 0
 
 
+def test_bodies_one_after_another_in_one_block(parser_module: ModuleType) -> None:
+    # How SmallBodies uses one parser for many requests: feed + finish per body, and
+    # num_rows before and after tells each body's good rows.
+    parser = parser_module.NDJSONParser([col("Int8")], max_row_bytes=16)
+    bodies = [
+        (b'{"v":1}\n{"v":2}', 2, 2),  # no newline at the end: finish() ends the row
+        (b'\xef\xbb\xbf{"v":3}\n{"v":300}\n', 2, 1),  # each body may start with a BOM
+        (b'{"v":4, "pad": "longer than sixteen bytes"}\n{"v"', 2, 0),  # too long; cut
+        (b"", 0, 0),
+        (b'{"v":5}', 1, 1),  # the cut row of the last body did not leak into this one
+    ]
+    assert parser.num_rows == 0
+    for body, ended, good in bodies:
+        before = parser.num_rows
+        assert parser.feed(body) + parser.finish() == ended
+        assert parser.num_rows - before == good
+    block = parser.take_block()
+    assert (block.num_rows, block.columns[0].values) == (4, bytes([1, 2, 3, 5]))
+    assert [(e.line, e.code) for e in block.errors] == [
+        (b'{"v":300}', E.OUT_OF_RANGE),
+        (b'{"v":4, "pad": "', E.ROW_TOO_LONG),
+        (b'{"v"', E.INVALID_JSON)]
+    assert parser.num_rows == 0
+
+
 def test_take_block_between_feeds_and_reuse_after_finish(parser_module: ModuleType) -> None:
     columns = [col("Nullable(String)")]
     parser = parser_module.NDJSONParser(columns)
