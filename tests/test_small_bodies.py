@@ -105,3 +105,21 @@ def test_a_full_spool_refuses_every_body_of_the_pass(sink: Sink, tmp_path: Path)
         assert await count(gateway, f"SELECT count() FROM events WHERE tag = '{tag}'") == 0
 
     run(sink, tmp_path, scenario, spool_max_bytes=64)
+
+
+def test_a_request_that_fails_to_answer_leaves_the_others_answered(
+        sink: Sink, tmp_path: Path) -> None:
+    body = ('{"id": 1, "tag": "%s"}\n' % uuid.uuid4().hex).encode()
+
+    def broken(*answer: object) -> None:
+        raise RuntimeError("the connection broke while answering")
+
+    async def scenario(gateway: Gateway) -> None:
+        small = gateway.small_bodies(gateway.tables["events"])
+        answers: list[Answer] = []
+        small.add(body, broken)
+        small.add(body, lambda *answer: answers.append(answer))
+        await asyncio.sleep(0)
+        assert answers == [(1, 0, None)]
+
+    run(sink, tmp_path, scenario)

@@ -488,19 +488,25 @@ class SmallBodies:
         waiting, self._waiting = self._waiting, []
         block = self._parser.take_block()
         futures: list[asyncio.Future[None]] = []
+        error: Exception | None = None
         try:
             promise(self._spool, self._table, self._table.ndjson_columns, block, futures,
                     max_row_bytes=self._max_row_bytes)
         except Exception as exc:  # noqa: BLE001 - each request is answered with it
-            for accepted, _, _ in waiting:
-                accepted(0, 0, exc)
-            return
-        finally:
-            for future in futures:  # nobody awaits a 202's inserts: consume their errors
-                future.add_done_callback(_consume)
-        metrics.count_rows(self._table.datasource.name, block.num_rows, len(block.errors))
+            error = exc
+        else:
+            metrics.count_rows(self._table.datasource.name, block.num_rows,
+                               len(block.errors))
+        for future in futures:  # nobody awaits a 202's inserts: consume their errors
+            future.add_done_callback(_consume)
         for accepted, good, bad in waiting:
-            accepted(good, bad, None)
+            try:  # one request's failure to answer must not leave the others hanging
+                if error is None:
+                    accepted(good, bad, None)
+                else:
+                    accepted(0, 0, error)
+            except Exception:  # noqa: BLE001
+                log.exception("answering a request of %s failed", self._table.datasource.name)
 
 
 def _consume(future: asyncio.Future[None]) -> None:
