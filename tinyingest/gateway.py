@@ -452,7 +452,7 @@ def promise(spool: Spool, table: Table, columns: Sequence[ColumnSpec], block: Bl
 
 #: What a small body's request learns once its rows are promised: its stored and
 #: quarantined row counts, or why nothing of it was.
-Accepted = Callable[[int, int, "Exception | None"], None]
+Accepted = Callable[[int, int, Exception | None], None]
 
 
 class SmallBodies:
