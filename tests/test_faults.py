@@ -25,11 +25,13 @@ from tinyingest.testing import ClickHouseServer, GatewayProcess
 
 
 class Load:
-    """Threads POSTing 100-row requests until stopped (bounded by ``max_requests``)."""
+    """Threads POSTing ``rows``-row requests until stopped (bounded by ``max_requests``)."""
 
     def __init__(self, gateway: GatewayProcess, tag: str, ids: Iterator[int], *,
-                 wait: bool, threads: int = 2, max_requests: int = 2000) -> None:
+                 wait: bool, threads: int = 2, max_requests: int = 2000,
+                 rows: int = 100) -> None:
         self.gateway = gateway
+        self.rows = rows
         self.tag = tag
         self.wait = wait
         self.acked: set[int] = set()
@@ -57,7 +59,7 @@ class Load:
                 if self._left <= 0:
                     return
                 self._left -= 1
-                ids = [next(self._ids) for _ in range(100)]
+                ids = [next(self._ids) for _ in range(self.rows)]
             body = b"".join(json.dumps({"id": i, "tag": self.tag}).encode() + b"\n" for i in ids)
             params = {"name": "events", **({"wait": "true"} if self.wait else {})}
             try:
@@ -98,11 +100,13 @@ def _kill_gateway_under_load(server: ClickHouseServer, tmp_path: Path, rounds: i
     gateway = start_gateway("clickhouse", tmp_path, server=server)
     try:
         for _ in range(rounds):
+            # Many 2-row 202 requests at once: small bodies share spool records.
             with Load(gateway, tag, ids, wait=True) as waited, \
-                    Load(gateway, tag, ids, wait=False) as fire_and_forget:
+                    Load(gateway, tag, ids, wait=False) as fire_and_forget, \
+                    Load(gateway, tag, ids, wait=False, threads=12, rows=2) as tiny:
                 time.sleep(rng.uniform(0.3, 1.5))
                 gateway.kill()  # kill -9 at a random moment
-            acked |= waited.acked | fire_and_forget.acked
+            acked |= waited.acked | fire_and_forget.acked | tiny.acked
             gateway.start()  # same data dir: the spool is replayed
         stored, count = wait_until_stored(gateway, tag, acked)
     finally:
