@@ -339,6 +339,30 @@ def test_concurrent_small_bodies_each_learn_their_own_counts(gateway: GatewayPro
                              f"WHERE tag = '{tag}'", 40)) == 40
 
 
+def test_small_body_arriving_in_pieces_is_parsed_whole(gateway: GatewayProcess) -> None:
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    tag = new_tag()
+    rows = ndjson(event(tag, i) for i in range(3))
+    parts = urlsplit(gateway.url)
+    assert parts.hostname is not None and parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"POST /v0/events?name=events HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + gateway.token.encode() + b"\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(rows))
+        for start in range(0, len(rows), 40):  # rows split mid-line, a pause between
+            sock.sendall(rows[start:start + 40])
+            time.sleep(0.05)
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 202 ")
+    assert answer.endswith(b'{"successful_rows": 3, "quarantined_rows": 0}')
+    assert len(wait_for_rows(gateway, f"SELECT id FROM events WHERE tag = '{tag}'", 3)) == 3
+
+
 def test_lean_events_path_is_counted(gateway: GatewayProcess) -> None:
     def served() -> float:
         text = call(gateway, "GET", "/metrics", token=None).body.decode()
