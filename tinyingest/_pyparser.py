@@ -1470,28 +1470,3 @@ def split_csv_record(record: bytes, delimiter: int, escape: int = -1) -> list[tu
         if pos >= end:
             return fields
         pos += 1  # the delimiter
-
-
-def raw_json_values(row: bytes, paths: Sequence[tuple[str | int, ...] | None]) -> list[str | None]:
-    """Best-effort text of each path in a (possibly bad) row, for the quarantine table."""
-    import json
-
-    try:
-        obj: Any = json.loads(row)
-    except ValueError:
-        return [None] * len(paths)
-    values: list[str | None] = []
-    for path in paths:
-        node: Any = obj
-        for key in path or ():
-            if isinstance(key, int):
-                node = node[key] if isinstance(node, list) and key < len(node) else None
-            else:
-                node = node.get(key) if isinstance(node, dict) else None
-        if path is None or node is None:
-            values.append(None)
-        elif isinstance(node, str):
-            values.append(node)
-        else:
-            values.append(json.dumps(node, separators=(",", ":"), ensure_ascii=False))
-    return values
