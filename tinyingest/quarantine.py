@@ -122,6 +122,7 @@ _WHITESPACE = b" \t\r\n"
 #: The bytes a container scan stops at (found by ``re`` in C, not byte by byte in Python).
 _STRUCTURE = re.compile(rb'["\[\]{}]')
 _SCALAR_END = re.compile(rb"[,\]}\s]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _ws(line: bytes, pos: int) -> int:
@@ -221,7 +222,7 @@ def _json_string(quoted: bytes) -> str:
         text: str = json.loads(quoted)
     except ValueError:
         text = quoted[1:-1].decode("utf-8", "replace")
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def raw_json_values(line: bytes, paths: Sequence[tuple[str | int, ...] | None]
