@@ -369,3 +369,53 @@ def test_two_thousand_connections_at_once(clickhouse_server: ClickHouseServer,
 def test_ten_thousand_connections_at_once(clickhouse_server: ClickHouseServer,
                                           tmp_path: Path) -> None:
     _thousands_of_connections(clickhouse_server, tmp_path, 10_000)
+
+
+def test_wait_true_during_an_outage_answers_503_within_the_timeout_on_every_worker(
+        private_server: ClickHouseServer, tmp_path: Path) -> None:
+    """ClickHouse killed under 202 load: a ``wait=true`` request answers 503 with
+    ``Retry-After`` once ClickHouse has not confirmed within TINYINGEST_CLICKHOUSE_TIMEOUT,
+    however many spooled rows queue before its own; on each of two workers."""
+    timeout = 3.0
+    tag = uuid.uuid4().hex
+    ids = itertools.count()
+    # Small inserts: the backlog is many batches, retried one at a time with a backoff.
+    env = {"TINYINGEST_CLICKHOUSE_TIMEOUT": str(timeout), "TINYINGEST_FLUSH_ROWS": "200"}
+    gateway = start_gateway("clickhouse", tmp_path, env, server=private_server,
+                            args=["--workers", "2"])
+    answers: list[tuple[int, float, str | None]] = []
+    try:
+        with Load(gateway, tag, ids, wait=False, max_requests=3000) as accepted:
+            time.sleep(0.5)
+            private_server.kill()
+            time.sleep(1.0)  # a backlog of spooled 202 rows builds up ahead of ours
+
+            def waited_request(i: int) -> None:
+                body = json.dumps({"id": 10**9 + i, "tag": tag}).encode() + b"\n"
+                started = time.monotonic()
+                response = call(gateway, "POST", "/v0/events", body=body, timeout=120,
+                                params={"name": "events", "wait": "true"})
+                answers.append((response.status, time.monotonic() - started,
+                                response.headers.get("retry-after")))
+
+            # Fresh connections, two at a time: the workers share the listening socket.
+            for first in range(0, 12, 2):
+                threads = [threading.Thread(target=waited_request, args=(first + k,))
+                           for k in range(2)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(130)
+            private_server.restart()
+        stored, count = wait_until_stored(gateway, tag, accepted.acked)
+    finally:
+        assert gateway.stop() == 0
+    print(f"\nwait=true while ClickHouse is down (timeout {timeout} s): "
+          f"{[(status, round(elapsed, 2)) for status, elapsed, _ in answers]}; "
+          f"202 load {accepted.statuses}")
+    assert len(answers) == 12
+    assert {status for status, _, _ in answers} == {503}, answers
+    assert all(retry is not None and retry.isdigit() for _, _, retry in answers)
+    # The promise is "within the timeout"; the slack is for a loaded 2-core machine.
+    assert max(elapsed for _, elapsed, _ in answers) < timeout + 1.5, answers
+    assert not accepted.acked - stored

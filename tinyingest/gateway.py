@@ -366,6 +366,7 @@ class Ingest:
         self.import_id = import_id
         self._spool = gateway.spool
         self._max_row_bytes = gateway.settings.max_row_bytes
+        self._confirm_timeout = gateway.settings.clickhouse_timeout
         self._delimiter: bytes | None = None
         if fmt == "csv":
             options = csv_options or {}
@@ -419,11 +420,27 @@ class Ingest:
         return None
 
     async def stored(self) -> None:
-        """Wait until ClickHouse has every row of this request; raises SinkError."""
-        if self._futures:
-            self.table.batcher.expedite()
-            self.table.quarantine.expedite()
-            await asyncio.gather(*self._futures)
+        """Wait until ClickHouse has every row of this request; raises SinkError when an
+        insert failed or ClickHouse has not confirmed within the ClickHouse timeout.
+
+        The deadline is the request's own: during an outage a backlog of spooled rows
+        queues ahead of this request's and is retried with a backoff, so the insert
+        holding them may not even be tried in time. The rows stay promised either way.
+        """
+        if not self._futures:
+            return
+        self.table.batcher.expedite()
+        self.table.quarantine.expedite()
+        _, waiting = await asyncio.wait(self._futures, timeout=self._confirm_timeout)
+        self.discard_results()  # the first error is raised; the others are consumed
+        if waiting:
+            raise SinkError(f"ClickHouse did not confirm the rows within "
+                            f"{self._confirm_timeout:g} s; they are spooled and will be "
+                            f"inserted when it does")
+        for future in self._futures:
+            error = future.exception()
+            if error is not None:
+                raise error
 
     def discard_results(self) -> None:
         """For 202 answers: nobody awaits the inserts, but their errors must be consumed."""
