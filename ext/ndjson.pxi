@@ -127,7 +127,10 @@ cdef class NDJSONParser(_ParserCore):
                                              for byte in raw)
                     if len(raw) <= 15:  # little-endian loads (checked at import)
                         words = int.from_bytes(raw + b'"', "little")
-                        masks = (1 << (8 * len(raw) + 8)) - 1
+                        # Built from bytes, not as ``(1 << 8 * n) - 1``: Cython computes a
+                        # shift of C ints in C, where past 31 bits it is undefined (it
+                        # compared only a key's first bytes: "azzz" matched "abcd").
+                        masks = int.from_bytes(b"\xff" * (len(raw) + 1), "little")
                         self._key_words[2 * child] = words & 0xFFFFFFFFFFFFFFFF
                         self._key_words[2 * child + 1] = words >> 64
                         self._key_masks[2 * child] = masks & 0xFFFFFFFFFFFFFFFF

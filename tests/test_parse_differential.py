@@ -46,7 +46,8 @@ DEFAULTS: dict[TypeCode, list[str]] = {
     TypeCode.STRING: ["'none'", "''", "'it''s'"],
     TypeCode.DATE: ["'2024-01-02'"], TypeCode.DATETIME: ["'2024-01-02 03:04:05'", "0"],
 }
-KEYS = ["a", "b", "c", "a b", "é", "v"]
+# Keys alike in their first bytes and lengths: a key is matched by every byte.
+KEYS = ["a", "b", "c", "a b", "é", "v", "abcd", "abcz", "abc", "abcdefghij", "abcdefghiz"]
 NUMBER_TEXTS = [
     "0", "-0", "1", "-1", "127", "128", "-128", "-129", "255", "256", "32767", "32768",
     "65535", "65536", "2147483647", "2147483648", "-2147483649", "4294967295", "4294967296",

@@ -575,3 +575,22 @@ def test_take_block_between_feeds_and_reuse_after_finish(parser_module: ModuleTy
 def test_columns_property(parser_module: ModuleType) -> None:
     columns = [col("Int8", "$.a", "a"), col("String", "$.b", "b")]
     assert parser_module.NDJSONParser(columns).columns == columns
+
+
+@pytest.mark.parametrize("length", range(1, 18))
+def test_a_key_like_the_last_rows_key_is_not_taken_for_it(parser_module: ModuleType,
+                                                          length: int) -> None:
+    """Keys are predicted from the previous row and compared as words; every byte of the
+    key counts. The compiled parser's masks once covered only a key's first bytes, so
+    ``{"azzz": ...}`` after ``{"abcd": ...}`` filled column abcd, and ``{"abc": ...}``
+    after it was refused as invalid JSON."""
+    key = "abcdefghijklmnopq"[:length]
+    columns = [col("String", f"$.{key}", "known"), col("String", "$.other", "other")]
+    lookalikes = [key[:-1] + "Z", key[0] + "z" * (length - 1), key[:-1], key + "Z"]
+    body = b"".join(b'{"%s": "%s", "other": "o"}\n' % (key.encode(), key.encode())
+                    + b'{"%s": "wrong", "other": "o"}\n' % other.encode()
+                    for other in lookalikes if other and other != key)
+    result = parse(parser_module, "ndjson", columns, body)
+    assert not errors(result)
+    assert all(known in (key.encode(), b"") for known, _ in rows(columns, result)), \
+        rows(columns, result)
