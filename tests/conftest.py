@@ -4,10 +4,12 @@
   (:class:`tinyingest.testing.ClickHouseServer`); never skipped: a missing binary fails.
 * ``sink``: each :class:`~tinyingest.sinks.Sink` implementation in turn, ids
   ``clickhouse`` / ``embedded``, each on a fresh database.
+* :data:`FUZZ_REPORT`: what the fuzz tests tried and found, printed at the end of the run.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,22 @@ import pytest
 
 from tinyingest.sinks import Sink
 from tinyingest.testing import ClickHouseServer, GatewayProcess
+
+#: Counted by test_fuzz_ingest.py: inputs tried, answers by status, problems found.
+FUZZ_REPORT: collections.Counter[str] = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_REPORT["inputs"]:
+        problems = ", ".join(f"{FUZZ_REPORT[name]} {name}" for name in
+                             ("5xx", "count mismatches", "parser disagreements"))
+        statuses = ", ".join(f"{key}: {n}" for key, n in sorted(FUZZ_REPORT.items())
+                             if key.startswith("status "))
+        terminalreporter.write_line(
+            f"fuzz ingest: {FUZZ_REPORT['inputs']} inputs tried "
+            f"({FUZZ_REPORT['JSONTestSuite documents']} JSONTestSuite documents among them); "
+            f"{problems}; {statuses}")
+
 
 # -- ClickHouse server ---------------------------------------------------------------
 
