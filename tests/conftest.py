@@ -94,8 +94,9 @@ GATEWAY_ENV = {"TINYINGEST_FLUSH_INTERVAL": "0.05", "TINYINGEST_MAX_BODY_BYTES":
 
 def start_gateway(backend: str, data_dir: Path, env: dict[str, str] | None = None,
                   server: ClickHouseServer | None = None,
-                  args: list[str] | None = None) -> GatewayProcess:
-    """A running ``tinyingest serve`` on ``backend``, with the tests' project."""
+                  args: list[str] | None = None,
+                  project_dir: str = PROJECT_DIR) -> GatewayProcess:
+    """A running ``tinyingest serve`` on ``backend``, with the tests' project (or another)."""
     url = None
     if backend == "clickhouse":
         assert server is not None
@@ -106,7 +107,7 @@ def start_gateway(backend: str, data_dir: Path, env: dict[str, str] | None = Non
         admin.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
         admin.close()
         url = server.url.rsplit("/", 1)[0] + "/" + database
-    gateway = GatewayProcess(PROJECT_DIR, str(data_dir), clickhouse_url=url,
+    gateway = GatewayProcess(project_dir, str(data_dir), clickhouse_url=url,
                              env={**GATEWAY_ENV, **(env or {})}, args=args)
     gateway.start()
     return gateway

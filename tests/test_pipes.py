@@ -57,7 +57,7 @@ def test_nodes_chain_as_subqueries() -> None:
     assert squash(compiled.sql) == squash(
         f"SELECT * FROM ( SELECT action, count() AS hits FROM {filtered} AS `filtered` "
         f"GROUP BY action ) AS c JOIN {filtered} f USING action "
-        f"WHERE action IN {filtered} LIMIT toInt32('5')")
+        f"WHERE action IN {filtered} LIMIT 5")
     assert compiled.nodes == ("filtered", "counted", "endpoint")
     assert compiled.tables == ("events",)
 
@@ -135,7 +135,7 @@ def test_other_published_pipes_are_inlined() -> None:
     pipe = pipe_of(("e", "SELECT count() FROM base"))
     compiled = compile_endpoint(pipe, {"n": "7"}, {"events"}, pipes={"base": base})
     assert squash(compiled.sql) == squash(
-        "SELECT count() FROM ( SELECT a FROM events LIMIT toInt32('7') ) AS `base`")
+        "SELECT count() FROM ( SELECT a FROM events LIMIT 7 ) AS `base`")
     assert compiled.nodes == ("base.top", "e")
 
 
@@ -242,4 +242,4 @@ def test_parsed_pipe_file(tmp_path: Path) -> None:
     assert squash(compiled.sql) == squash(
         "SELECT action, count() AS hits FROM ( SELECT action, ts FROM page_views "
         "WHERE ts >= '2024-01-01 00:00:00.000' AND action = 'it\\'s' ) AS `filtered` "
-        "GROUP BY action ORDER BY hits DESC LIMIT toInt32('3')")
+        "GROUP BY action ORDER BY hits DESC LIMIT 3")

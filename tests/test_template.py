@@ -234,21 +234,37 @@ def test_lists_render_as_arrays_with_escaped_strings() -> None:
 
 
 @pytest.mark.parametrize("fn, value, sql", [
-    ("Int8", "-128", "toInt8('-128')"),
-    ("Int8", "+127", "toInt8('127')"),
-    ("Int16", "007", "toInt16('7')"),
-    ("Int32", "5", "toInt32('5')"),
-    ("Int64", "-9223372036854775808", "toInt64('-9223372036854775808')"),
+    # Plain literals (ClickHouse 18.16 takes nothing else after LIMIT), negative ones in
+    # parentheses so that "10-{{x}}" cannot become the comment "10--3".
+    ("Int8", "-128", "(-128)"),
+    ("Int8", "+127", "127"),
+    ("Int16", "007", "7"),
+    ("Int32", "5", "5"),
+    ("Int64", "-9223372036854775808", "(-9223372036854775808)"),
+    ("UInt8", "255", "255"),
+    ("UInt64", "18446744073709551615", "18446744073709551615"),
+    ("Int128", "5", "5"),
+    # Past 64 bits a plain literal would be read as a Float64: Tinybird's cast stays.
     ("Int128", str(2**127 - 1), f"toInt128('{2**127 - 1}')"),
     ("Int256", str(-2**255), f"toInt256('{-2**255}')"),
-    ("UInt8", "255", "toUInt8('255')"),
-    ("UInt64", "18446744073709551615", "toUInt64('18446744073709551615')"),
+    ("UInt64", "0", "0"),
+    ("UInt256", str(2**64), f"toUInt256('{2**64}')"),
     ("UInt256", str(2**256 - 1), f"toUInt256('{2**256 - 1}')"),
     ("Int", "7", "7"),
-    ("Integer", "-7", "-7"),
-    ("Float32", "1", "toFloat32('1.0')"),
-    ("Float64", "1e3", "toFloat64('1000.0')"),
-    ("Float64", " -2.5 ", "toFloat64('-2.5')"),
+    ("Integer", "-7", "(-7)"),
+    ("Float32", "1", "1.0"),
+    ("Float32", "1.5", "1.5"),
+    # The Float32 value, as the Float64 literal that equals it (see _number_literal).
+    ("Float32", "0.1", "0.10000000149011612"),
+    ("Float32", "1e300", "toFloat32('1e+300')"),
+    ("Float64", "1e3", "1000.0"),
+    ("Float64", "1e300", "1e+300"),
+    ("Float64", " -2.5 ", "(-2.5)"),
+    ("Float64", "-0", "(-0.0)"),
+    # Subnormal: 18.16 refuses the literal; an exact product of two normal ones.
+    ("Float64", "1e-310", "(4.14951556888098e-130 * 2.409919865102884e-181)"),
+    ("Float64", "1e400", "toFloat64('inf')"),
+    ("Float64", "-inf", "toFloat64('-inf')"),
     ("Float64", "nan", "toFloat64('nan')"),
     ("Boolean", "false", "0"),
     ("Boolean", "FALSE", "0"),
@@ -283,7 +299,7 @@ def test_validation_errors(fn: str, value: str) -> None:
 
 
 def test_min_max_keywords() -> None:
-    assert render("{{Int32(n, 5, min=1, max=10)}}", n="10") == "toInt32('10')"
+    assert render("{{Int32(n, 5, min=1, max=10)}}", n="10") == "10"
     assert error("{{Int32(n, 5, min=1, max=10)}}", n="11").message.startswith(
         "Template Syntax Error: Error validating '11' to type Int32")
 
@@ -291,8 +307,8 @@ def test_min_max_keywords() -> None:
 def test_defaults_and_metadata_keywords() -> None:
     text = ("{{Int32(limit, 10, description='rows', required=False, example='5', "
             "enum=['5', '10'], format='int')}}")
-    assert render(text) == "toInt32('10')"
-    assert render(text, limit="3") == "toInt32('3')"
+    assert render(text) == "10"
+    assert render(text, limit="3") == "3"
     assert render("{{String(s, default='d')}}") == "'d'"
     assert "unexpected keyword argument 'bogus'" in error("{{String(s, bogus=1)}}").message
 
@@ -311,7 +327,7 @@ def test_untyped_null_message() -> None:
 
 
 def test_repeated_keys_use_last_value_for_scalars() -> None:
-    assert render("{{Int32(n)}}", n=["1", "2"]) == "toInt32('2')"
+    assert render("{{Int32(n)}}", n=["1", "2"]) == "2"
 
 
 def test_array() -> None:
@@ -324,6 +340,11 @@ def test_array() -> None:
     assert render("{{Array(t, 'Date')}}", t="2024-01-01") == "['2024-01-01']"
     assert render("{{Array(t, 'Boolean')}}", t="0,1") == "[0,1]"
     assert render("{{Array(t, 'Int32')}}", t="") == "[]"
+    # Elements follow "[" or ",": negative ones need no parentheses; the scalar rules else.
+    assert render("{{Array(t, 'Int32')}}", t="-1,-2") == "[-1,-2]"
+    assert render("{{Array(t, 'Float32')}}", t="0.1,nan") == \
+        "[0.10000000149011612,toFloat32('nan')]"
+    assert render("{{Array(t, 'UInt128')}}", t=f"1,{2**64}") == f"[1,toUInt128('{2**64}')]"
     err = error("{{Array(t, 'Float32')}}", t="1,2,3,4, null")
     assert err.message == ("Template Syntax Error: Error validating [1,2,3,4, null][4] ( null) "
                            "to type Float32")
@@ -363,8 +384,8 @@ def test_sql_and() -> None:
             "e__lt=Float64(e, defined=False))}}")
     assert render(text) == "1"
     assert render(text, a="x", b="1,2", c="3", d="p", e="1") == (
-        "`a` = 'x' and `b` in [1,2] and `c` >= toInt32('3') and `d` not in ['p'] "
-        "and `e` < toFloat64('1.0')")
+        "`a` = 'x' and `b` in [1,2] and `c` >= 3 and `d` not in ['p'] "
+        "and `e` < 1.0")
 
 
 def test_split_to_array_and_enumerate_with_last() -> None:
@@ -410,6 +431,17 @@ def test_builtins() -> None:
         == "3 1 9 5 1.5 ['a','b']"
 
 
+def test_computed_numbers_render_like_typed_ones() -> None:
+    text = "LIMIT {{Int32(size, 10)}} OFFSET {{Int32(page, 0) * Int32(size, 10)}}"
+    assert render(text, page="2") == "LIMIT 10 OFFSET 20"
+    assert render("SELECT 10-{{Int32(a) - 5}}", a="2") == "SELECT 10-(-3)"
+    assert render("{{Float64(x) * 2}}", x="1e308") == "toFloat64('inf')"
+    assert render("{{[1, -2, Int32(a)]}}", a="-3") == "[1,-2,(-3)]"
+    assert render("{{UInt64(a) * 2}}", a=str(2**63)) == f"toUInt256('{2**64}')"
+    assert "out of ClickHouse's range" in error(
+        "{{UInt256(a) * 2}}", a=str(2**255)).message
+
+
 def test_typed_values_work_in_logic() -> None:
     text = "{% if Int32(limit, 10) > 50 %}big{% else %}small{% end %}"
     assert render(text, limit="100") == "big"
@@ -418,7 +450,7 @@ def test_typed_values_work_in_logic() -> None:
 
 def test_test_mode_uses_placeholders() -> None:
     template = compile_template("% {{Int32(a)}} {{String(b)}} {{Array(c, 'Int8')}} {{error('x')}}")
-    assert template.render({}, test_mode=True).sql == " toInt32('0') '__no_value__' [0,0] "
+    assert template.render({}, test_mode=True).sql == " 0 '__no_value__' [0,0] "
 
 
 def test_compile_is_cached() -> None:

@@ -93,6 +93,13 @@ def test_percent_escaping_evidence(sink: Sink) -> None:
 
 @pytest.mark.parametrize("fn, value, expected", [
     ("Int8", "-128", -128),
+    ("Int8", "-3", -3),
+    ("UInt8", "0", 0),
+    ("Float32", "0.1", 0.10000000149011612),  # toFloat32('0.1'), read back as a double
+    ("Float64", "1e300", 1e300),
+    ("Float64", "-2.5", -2.5),
+    ("Float64", "1e-310", 1e-310),  # subnormal: 18.16 has no literal for it
+    ("Float64", "-5e-324", -5e-324),  # ... and reads toFloat64('-5e-324') as -0.0
     ("UInt64", "18446744073709551615", 18446744073709551615),
     ("Int64", "-9223372036854775808", -9223372036854775808),
     ("Int", "7", 7),
@@ -103,6 +110,72 @@ def test_percent_escaping_evidence(sink: Sink) -> None:
 ])
 def test_typed_values_in_clickhouse(sink: Sink, fn: str, value: str, expected: Any) -> None:
     assert run(sink, f"SELECT {{{{{fn}(x)}}}} AS v", {"x": value}) == expected
+
+
+#: (template, parameters, the single value): places where ClickHouse 18.16 takes a literal
+#: only (a function call is a syntax error or "Parameters to aggregate functions must be
+#: literals"), and a "-" before a negative value, which must not start a "--" comment.
+NUMBERS = "(SELECT number FROM system.numbers LIMIT 10)"
+LITERAL_ONLY = [
+    (f"SELECT groupArray(number) FROM (SELECT number FROM {NUMBERS} "
+     "LIMIT {{Int32(lim, 10)}} OFFSET {{UInt64(off, 0)}})", {"lim": "3", "off": "2"}, [2, 3, 4]),
+    (f"SELECT groupArray(number) FROM (SELECT number FROM {NUMBERS} LIMIT {{{{Int8(lim)}}}})",
+     {"lim": "2"}, [0, 1]),
+    (f"SELECT groupArray(number) FROM (SELECT number FROM {NUMBERS} "
+     "LIMIT {{Int16(size)}} OFFSET {{Int16(page) * Int16(size)}})", {"page": "2", "size": "3"},
+     [6, 7, 8]),
+    (f"SELECT count() FROM (SELECT number % 3 AS k FROM {NUMBERS} LIMIT {{{{UInt8(n)}}}} BY k)",
+     {"n": "2"}, 6),
+    (f"SELECT quantile({{{{Float64(level)}}}})(number) FROM {NUMBERS}", {"level": "0.5"}, 4.5),
+    (f"SELECT quantile({{{{Float32(level)}}}})(number) FROM {NUMBERS}", {"level": "0.5"}, 4.5),
+    (f"SELECT length(topK({{{{UInt16(k)}}}})(number)) FROM {NUMBERS}", {"k": "2"}, 2),
+    ("SELECT concat(toString(10-{{Int32(x)}}), ' kept')", {"x": "-3"}, "13 kept"),
+    ("SELECT concat(toString(10-{{Int(x)}}), ' kept')", {"x": "-3"}, "13 kept"),
+    ("SELECT concat(toString(1.5-{{Float64(x)}}), ' kept')", {"x": "-1"}, "2.5 kept"),
+    ("SELECT concat(toString(10-{{Int32(a) - Int32(b)}}), ' kept')", {"a": "1", "b": "4"},
+     "13 kept"),
+]
+
+
+@pytest.mark.parametrize("template, params, expected", LITERAL_ONLY)
+def test_numbers_where_a_literal_is_required(sink: Sink, template: str,
+                                             params: dict[str, str], expected: Any) -> None:
+    assert run(sink, template, params) == expected
+
+
+def test_float32_parameter_matches_float32_column(sink: Sink) -> None:
+    # Tinybird's toFloat32('0.1') equals a stored Float32 0.1; a Float64 literal 0.1 would not.
+    values = "(SELECT arrayJoin([toFloat32(0.1), toFloat32(0.2), toFloat32(1.5)]) AS f)"
+    for text in ("0.1", "0.2", "1.5"):
+        assert run(sink, f"SELECT count() FROM {values} WHERE f = {{{{Float32(x)}}}}",
+                   {"x": text}) == 1
+        assert run(sink, f"SELECT count() FROM {values} WHERE f >= {{{{Float32(x)}}}}",
+                   {"x": text}) == sum(1 for v in ("0.1", "0.2", "1.5")
+                                      if float(v) >= float(text))
+
+
+@settings(ROUNDTRIP, max_examples=100)
+@given(number=st.one_of(st.integers(-(1 << 63), (1 << 64) - 1).map(str),
+                        st.floats(allow_nan=False, allow_infinity=False).map(repr)))
+@example(number="7.654927133881691e-231")  # toFloat64('...') on 18.16: one unit off
+@example(number="1.899845472774205e-308")  # the same, subnormal
+@example(number=str(-(1 << 63)))
+@example(number="-0.0")
+@example(number="5e-324")
+@example(number="1.7976931348623157e+308")
+def test_numbers_read_back_exactly(sink: Sink, number: str) -> None:
+    fn = "Float64" if any(c in number for c in ".en") else \
+        "Int64" if number.startswith("-") else "UInt64"
+    value = run(sink, f"SELECT {{{{{fn}(x)}}}} AS v", {"x": number})
+    assert value == (float(number) if fn == "Float64" else int(number))
+    assert type(value) is (float if fn == "Float64" else int)
+
+
+def test_non_finite_floats_are_the_value_not_a_name(sink: Sink) -> None:
+    # nan/inf keep toFloat64('nan'): a bare nan could read a column of that name.
+    assert run(sink, "SELECT isNaN({{Float64(x)}})", {"x": "nan"}) == 1
+    assert run(sink, "SELECT {{Float64(x)}} < 0", {"x": "-inf"}) == 1
+    assert run(sink, "SELECT isInfinite({{Float32(x)}})", {"x": "1e300"}) == 1
 
 
 def test_arrays_and_dates_in_clickhouse(sink: Sink) -> None:

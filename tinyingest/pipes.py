@@ -39,8 +39,8 @@ Request options that clients add (api.md 0.4) are never template parameters
 ...     Node("endpoint", "% SELECT a FROM filtered LIMIT {{Int32(limit, 10)}}", "endpoint")))
 >>> print(compile_endpoint(pipe, {"min": "5", "token": "x"}, {"events"}).sql)
  SELECT a FROM (
- SELECT a FROM events WHERE a > toInt32('5')
-) AS `filtered` LIMIT toInt32('10')
+ SELECT a FROM events WHERE a > 5
+) AS `filtered` LIMIT 10
 """
 
 from __future__ import annotations

@@ -57,11 +57,18 @@ honest):
 * 0x1A is emitted as ``\\x1A``, not Tinybird's ``\\z``: 18.16 reads ``'\\z'`` as ``z``
   and chDB as ``\\z``; both read ``\\x1A`` as 0x1A.
 
-Typed values render as Tinybird does: ``toInt32('5')``, ``toFloat64('1000.0')``, bare
-``Int()`` integers, ``Boolean`` as ``0``/``1``, arrays as ``[1,2]`` / ``['a','b']``.
+Validated numbers render as plain literals, not as Tinybird's ``toInt32('5')``: ClickHouse
+18.16 accepts only a literal after ``LIMIT``/``OFFSET`` and as an aggregate function's
+parameter, so Tinybird's usual ``LIMIT {{Int32(limit, 10)}}`` must become ``LIMIT 10``.
+A negative one is parenthesized (``(-3)``: ``10-{{Int32(x)}}`` must not become the comment
+``10--3``); NaN, infinities and integers past 64 bits keep ``toT('...')`` (see
+:func:`_number_literal`, which also explains Float32 and subnormals). ``Boolean`` renders as ``0``/``1``,
+arrays as ``[1,-2]`` / ``['a','b']``. The literal's ClickHouse type is the narrowest that
+holds the value (``10`` is a UInt8): comparisons and arithmetic see the same value, but a
+bare ``SELECT {{Int32(x)}} AS n`` reports UInt8 in ``meta``.
 
 >>> compile_template("% SELECT {{String(x)}}, {{Int8(n, 1)}}").render({"x": "it's"}).sql
-" SELECT 'it\\\\'s', toInt8('1')"
+" SELECT 'it\\\\'s', 1"
 """
 
 from __future__ import annotations
@@ -70,7 +77,10 @@ import ast
 import datetime as _dt
 import functools
 import json
+import math
 import re
+import struct
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias
@@ -418,8 +428,7 @@ def _convert(type_name: str, text: str, error: Callable[[], NoReturn],
             error()
         if (low is not None and number < low) or (high is not None and number > high):
             error()
-        return SQLValue(f"to{type_name}('{number!r}')", number)
-    bare = type_name in _INT_ALIASES
+        return SQLValue(_sign_safe(_number_literal(type_name, number)), number)
     ch_type = _INT_ALIASES.get(type_name, type_name)
     lowest, highest = _INT_RANGES[ch_type]
     pattern = _SIGNED if lowest < 0 else _UNSIGNED
@@ -430,7 +439,55 @@ def _convert(type_name: str, text: str, error: Callable[[], NoReturn],
         error()
     if (low is not None and integer < low) or (high is not None and integer > high):
         error()
-    return SQLValue(str(integer) if bare else f"to{ch_type}('{integer}')", integer)
+    return SQLValue(_sign_safe(_number_literal(ch_type, integer)), integer)
+
+
+_INT64_MIN = -(1 << 63)
+_UINT64_MAX = (1 << 64) - 1
+
+
+def _float32(number: float) -> float:
+    """``number`` rounded to Float32 as ``toFloat32`` does (inf past Float32's range)."""
+    try:
+        rounded: float = struct.unpack("<f", struct.pack("<f", number))[0]
+    except OverflowError:
+        return math.copysign(math.inf, number)
+    return rounded
+
+
+def _number_literal(type_name: str, number: int | float) -> str:
+    """A validated number of ClickHouse type ``type_name`` as SQL.
+
+    A plain literal (``10``, ``-3``, ``1.5``, ``1e+300``) whenever ClickHouse reads it back
+    as exactly this value on both backends, because 18.16 accepts nothing else after
+    ``LIMIT``/``OFFSET``/``LIMIT n BY`` or as an aggregate function's parameter
+    (``quantile(0.9)``). It is also exact where Tinybird's ``toFloat64('...')`` is not:
+    18.16 reads about one double in four from text one unit off, but a literal exactly.
+    Integers outside Int64/UInt64 (a plain literal would be read as a Float64), NaN and
+    infinities (``nan`` could be a column name) keep Tinybird's ``toT('...')``. 18.16
+    refuses a subnormal literal: that one becomes an exact product of two normal ones,
+    ``(x * 2**600 * 2**-600)``.
+
+    A Float32 is emitted as the Float64 literal of its Float32 value, e.g. 0.1 as
+    ``0.10000000149011612``: then ``f32_column = {{Float32(x)}}`` matches the rows that
+    ``toFloat32('0.1')`` matches (the literal's type is Float64, its value the same).
+    """
+    if isinstance(number, float):
+        value = _float32(number) if type_name == "Float32" else number
+        if not math.isfinite(value):
+            return f"to{type_name}('{number!r}')"
+        if value != 0 and abs(value) < sys.float_info.min:
+            return f"({math.ldexp(value, 600)!r} * {math.ldexp(1.0, -600)!r})"
+        return repr(value)
+    if _INT64_MIN <= number <= _UINT64_MAX:
+        return str(number)
+    return f"to{type_name}('{number}')"
+
+
+def _sign_safe(literal: str) -> str:
+    """``-3`` as ``(-3)``: after a ``-`` in the template (``10-{{Int(x)}}``) a bare
+    negative literal would start a ``--`` comment and hide the rest of the line."""
+    return f"({literal})" if literal.startswith("-") else literal
 
 
 def _typed(type_name: str) -> _Fn:
@@ -492,10 +549,10 @@ def _array(ctx: _Context, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
         converted = _convert(type_name, text, error)
         values.append(converted.value)
-        if isinstance(converted.value, bool):
-            parts.append(converted.sql)
-        elif isinstance(converted.value, (int, float)):
-            parts.append(repr(converted.value))
+        if isinstance(converted.value, (int, float)) and not isinstance(converted.value, bool):
+            # After "[" or ",": a negative literal needs no parentheses here.
+            parts.append(_number_literal(_INT_ALIASES.get(type_name, type_name),
+                                         converted.value))
         else:
             parts.append(converted.sql)
     return SQLValue("[" + ",".join(parts) + "]", values)
@@ -1319,8 +1376,8 @@ def _method(method: str, receiver: Any, args: list[Any], kwargs: dict[str, Any])
     return bound(*args, **kwargs)
 
 
-def _render_value(value: Any, source: str | None = None) -> str:
-    """What ``{{ }}`` emits for a value."""
+def _render_value(value: Any, source: str | None = None, nested: bool = False) -> str:
+    """What ``{{ }}`` emits for a value (``nested``: an element of a list or tuple)."""
     if isinstance(value, SQLValue):
         return value.sql
     if isinstance(value, _Var):
@@ -1333,11 +1390,18 @@ def _render_value(value: Any, source: str | None = None) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, (int, float)):
-        return repr(value)
+        # A number the template computed, e.g. {{Int32(page, 0) * Int32(size, 10)}}.
+        if isinstance(value, float):
+            literal = _number_literal("Float64", value)
+        elif -(1 << 255) <= value < (1 << 256):
+            literal = _number_literal("Int256" if value < 0 else "UInt256", value)
+        else:
+            _fail(f"integer {value} is out of ClickHouse's range")
+        return literal if nested else _sign_safe(literal)
     if isinstance(value, list):
-        return "[" + ",".join(_render_value(v, source) for v in value) + "]"
+        return "[" + ",".join(_render_value(v, source, True) for v in value) + "]"
     if isinstance(value, tuple):
-        return "(" + ",".join(_render_value(v, source) for v in value) + ")"
+        return "(" + ",".join(_render_value(v, source, True) for v in value) + ")"
     _fail(f"cannot render a {type(value).__name__} as SQL")
 
 
