@@ -26,7 +26,7 @@ from tinyingest.batcher import SinkPool, TableBatcher, is_transient
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
-from tinyingest.idempotency import RecentRequests
+from tinyingest.idempotency import REQUEST_LOG_TABLE, RecentRequests, RequestLog
 from tinyingest.block import Block, EncodedBlock
 from tinyingest.native import encode_block, sort_plan
 from tinyingest.pipes import (
@@ -128,6 +128,7 @@ class Gateway:
         self.table_columns: dict[str, tuple[str, ...]] = {}
         self._all_tables: frozenset[str] = frozenset()
         self.recent_requests = RecentRequests()
+        self.request_log = RequestLog(self.writer, sink.database)
         self.draining = False  # SIGTERM received: new ingest requests get 503
         self.active_requests = 0  # ingest requests being received or answered
 
@@ -150,6 +151,9 @@ class Gateway:
         """
         database = self.sink.database
         deadline = time.monotonic() + STARTUP_WAIT
+        if REQUEST_LOG_TABLE in self.project.datasources:
+            raise StartupError(f"data source name '{REQUEST_LOG_TABLE}' is reserved: the "
+                               "gateway keeps the answers to X-Request-Id there")
         for datasource in self.project.datasources.values():
             while True:
                 try:
@@ -161,6 +165,9 @@ class Gateway:
                     log.warning("ClickHouse is not answering yet (%s); retrying", exc)
                     await asyncio.sleep(1.0)
             self.tables[datasource.name] = self._table(datasource)
+        create_log = self.request_log.create_sql()
+        await self.writer.run(lambda sink: sink.execute(create_log))
+        await self.request_log.prune()
         self.table_columns = datasource_columns(t.datasource for t in self.tables.values())
         self._all_tables = frozenset(self.readable_tables(None))
         for pipe in self.project.pipes.values():

@@ -53,6 +53,7 @@ from tinyingest.gateway import (
     Table,
     new_import_id,
 )
+from tinyingest.idempotency import MAX_REQUEST_ID_BYTES, Answer
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
@@ -202,11 +203,11 @@ class IngestHandler(BaseHandler):
         """(table, format, CSV options, sniff gzip) from the request; raises APIError."""
         raise NotImplementedError
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
         # A check added here that can refuse a plain /v0/events POST must also send it
         # away from the lean path (EventsRouter._lean), which admits only what this accepts.
         if self.request.method != "POST":
-            return
+            return None
         self._counted = True
         self.gateway.active_requests += 1
         try:
@@ -220,30 +221,37 @@ class IngestHandler(BaseHandler):
             overload = self.gateway.overloaded()
             if overload is not None:
                 raise APIError(503, overload, {"Retry-After": "2"})
-            if self._replayed(table):
-                return
-            limit = self.gateway.settings.max_body_bytes
-            length = self.header("Content-Length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise APIError(413, f"request body is larger than {limit} bytes")
-            try:
-                self.decoder = make_decoder(self.header("Content-Encoding"),
-                                            limit, sniff_gzip=sniff)
-            except BodyError as exc:
-                raise APIError(exc.status, str(exc)) from None
-            content_type = self.header("Content-Type") or ""
-            if content_type.lower().startswith("multipart/form-data"):
-                boundary = parse_boundary(content_type)
-                if boundary is None:
-                    raise APIError(400, "multipart body without a boundary")
-                self.multipart = MultipartReader(boundary)
-            try:
-                self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
-                                     import_id=self.import_id())
-            except (SchemaError, ValueError) as exc:  # e.g. Array columns from CSV
-                raise APIError(400, str(exc)) from None
+            if self._request_id(token, table):
+                # Tornado reads no body until this is done.
+                return self._unless_recorded(table, fmt, csv_options, sniff)
+            if self.early is None and not self._finished:  # not replayed from memory
+                self._start_ingest(table, fmt, csv_options, sniff)
         except APIError as error:
             self.answer_early(error.status, {"error": error.message}, error.headers)
+        return None
+
+    def _start_ingest(self, table: Table, fmt: str, csv_options: dict[str, bytes | None],
+                      sniff: bool) -> None:
+        limit = self.gateway.settings.max_body_bytes
+        length = self.header("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise APIError(413, f"request body is larger than {limit} bytes")
+        try:
+            self.decoder = make_decoder(self.header("Content-Encoding"),
+                                        limit, sniff_gzip=sniff)
+        except BodyError as exc:
+            raise APIError(exc.status, str(exc)) from None
+        content_type = self.header("Content-Type") or ""
+        if content_type.lower().startswith("multipart/form-data"):
+            boundary = parse_boundary(content_type)
+            if boundary is None:
+                raise APIError(400, "multipart body without a boundary")
+            self.multipart = MultipartReader(boundary)
+        try:
+            self.ingest = Ingest(self.gateway, table, fmt, csv_options=csv_options,
+                                 import_id=self.import_id())
+        except (SchemaError, ValueError) as exc:  # e.g. Array columns from CSV
+            raise APIError(400, str(exc)) from None
 
     def answer_early(self, status: int, body: Any, headers: dict[str, str]) -> None:
         """Answer without ingesting. A small body is read and dropped first; a large one
@@ -267,22 +275,67 @@ class IngestHandler(BaseHandler):
 
     _request_key: tuple[str, str] | None = None
 
-    def _replayed(self, table: Table) -> bool:
-        """A retry of a request already answered: answer the same, ingest nothing."""
+    def _request_id(self, token: Token, table: Table) -> bool:
+        """True if the request carries an id to look up in the shared log. An answer
+        this process remembers is replayed here (answered early, False)."""
         request_id = self.header("X-Request-Id") or self.query_argument("batch_id")
         if not request_id:
             return False
-        scope = f"{type(self).__name__}:{table.datasource.name}"
+        if len(request_id.encode("utf-8", "surrogatepass")) > MAX_REQUEST_ID_BYTES:
+            raise APIError(400, f"X-Request-Id (or batch_id) is longer than "
+                                f"{MAX_REQUEST_ID_BYTES} bytes")
+        # Per token and endpoint: another client's id never replays this one's answer.
+        scope = f"{token.name}:{type(self).__name__}:{table.datasource.name}"
         previous = self.gateway.recent_requests.begin(scope, request_id)
-        if previous is True:
-            self._request_key = (scope, request_id)
-            return False
         if previous is None:
             raise APIError(409, f"request {request_id} is still being processed",
                            {"Retry-After": "1"})
+        if previous is True:
+            self._request_key = (scope, request_id)
+            return True
         assert not isinstance(previous, bool)
+        self._replay(previous)
+        return False
+
+    async def _unless_recorded(self, table: Table, fmt: str,
+                               csv_options: dict[str, bytes | None], sniff: bool) -> None:
+        """Replay the answer another process (or an earlier run) recorded for this id;
+        else ingest. An id that cannot be checked is not ingested (503)."""
+        key = self._request_key
+        assert key is not None
+        try:
+            try:
+                previous = await self.gateway.request_log.lookup(*key)
+            except SinkError as exc:
+                log.warning("cannot check request ids: %s", exc)
+                raise APIError(503, f"cannot check X-Request-Id in ClickHouse: {exc}",
+                               {"Retry-After": "1"}) from None
+            if self._request_key is None:
+                return  # the client went away meanwhile
+            if previous is None:
+                self._start_ingest(table, fmt, csv_options, sniff)
+                return
+            self._request_key = None
+            self.gateway.recent_requests.finish(*key, previous.status, previous.body)
+            self._replay(previous)
+        except APIError as error:
+            self.answer_early(error.status, {"error": error.message}, error.headers)
+
+    def _replay(self, previous: Answer) -> None:
         self.answer_early(previous.status, previous.body, {"X-Idempotent-Replay": "true"})
-        return True
+
+    async def reply(self, status: int, body: Any) -> None:
+        """Answer an ingest. A 2xx answer to a request with an id is recorded in the
+        shared log first, so that a retry anywhere finds it once the client has it."""
+        if self._request_key is not None and 200 <= status < 300:
+            try:
+                await self.gateway.request_log.record(*self._request_key, status,
+                                                      _to_json(body))
+            except SinkError as exc:
+                # The rows are in: answering an error would make the client send them
+                # again. This process still remembers the id.
+                log.warning("could not record request id %s: %s", self._request_key[1], exc)
+        self.send_json(status, body)
 
     def send_json(self, status: int, body: Any) -> None:
         if self._request_key is not None:
@@ -382,10 +435,10 @@ class EventsHandler(IngestHandler):
         wait = self.query_argument("wait")
         if wait is not None and wait.lower() in ("true", "1"):
             await ingest.stored()
-            self.send_json(200, body)
+            await self.reply(200, body)
         else:
             ingest.discard_results()
-            self.send_json(202, body)
+            await self.reply(202, body)
 
 
 class EventsRouter(routing.Router):
@@ -705,7 +758,7 @@ class DataSourcesHandler(IngestHandler):
         ingest = self._finish_body()
         await ingest.stored()  # appends answer once the rows are in ClickHouse
         table = ingest.table
-        self.send_json(200, {
+        await self.reply(200, {
             "id": self._import_id,
             "import_id": self._import_id,
             "job_id": self._import_id,
