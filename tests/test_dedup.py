@@ -9,6 +9,7 @@ on both backends.
 
 from __future__ import annotations
 
+import http.client
 import time
 import uuid
 from collections.abc import Callable
@@ -169,4 +170,46 @@ def test_id_that_cannot_be_checked_is_not_ingested(tmp_path: Path) -> None:
             _assert_replays(first, send(gateway))
             assert _stored(gateway, "events", tag) == 5
         finally:
+            assert gateway.stop() == 0
+
+
+def test_retry_of_a_wait_that_timed_out_is_not_stored_twice(tmp_path: Path) -> None:
+    """``wait=true`` answered 503 because ClickHouse did not confirm in time: the rows are
+    spooled and will be inserted, so the retry with the same id is answered 202 (the
+    counts, not yet confirmed) and stores nothing more."""
+    with ClickHouseServer() as server:
+        gateway = start_gateway("clickhouse", tmp_path, {"TINYINGEST_CLICKHOUSE_TIMEOUT": "2"},
+                                server=server)
+        try:
+            tag = uuid.uuid4().hex
+            body = ndjson({"id": i, "tag": tag} for i in range(5))
+            headers = {"X-Request-Id": f"timed-out-{tag}",
+                       "Authorization": f"Bearer {gateway.token}"}
+            connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+            connection.putrequest("POST", "/v0/events?name=events&wait=true")
+            for name, value in headers.items():
+                connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders()
+            time.sleep(1.0)  # the id was looked up (before the body is read)
+            server.pause()  # SIGSTOP: the insert gets no answer
+            try:
+                connection.send(body)
+                timed_out = connection.getresponse()
+                assert timed_out.status == 503, timed_out.read()
+                connection.close()
+            finally:
+                server.resume()
+            retried = call(gateway, "POST", "/v0/events", body=body, headers=headers,
+                           params={"name": "events", "wait": "true"}, token=None)
+            assert retried.status == 202, retried.body
+            assert retried.json() == {"successful_rows": 5, "quarantined_rows": 0}
+            assert retried.headers.get("x-idempotent-replay") == "true"
+            deadline = time.monotonic() + 30
+            while _stored(gateway, "events", tag) < 5 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)  # a second copy would follow within the flush interval
+            assert _stored(gateway, "events", tag) == 5
+        finally:
+            server.resume()
             assert gateway.stop() == 0

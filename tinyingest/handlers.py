@@ -337,6 +337,27 @@ class IngestHandler(BaseHandler):
                 log.warning("could not record request id %s: %s", self._request_key[1], exc)
         self.send_json(status, body)
 
+    async def confirmed(self, ingest: Ingest, accepted: Any) -> None:
+        """Wait until ClickHouse has the request's rows (raises SinkError: 503).
+
+        When it does not confirm them, the rows are still spooled and will be inserted:
+        a retry with the same id is then answered 202 with ``accepted`` (the counts), not
+        stored twice. This process remembers that at once; the shared log gets it when
+        ClickHouse takes it (in an outage, usually not: a retry reaching another process
+        may store the rows again).
+        """
+        try:
+            await ingest.stored()
+        except SinkError:
+            if self._request_key is not None:
+                key, self._request_key = self._request_key, None
+                self.gateway.recent_requests.finish(*key, 202, accepted)
+                task = asyncio.get_running_loop().create_task(
+                    self.gateway.request_log.record(*key, 202, _to_json(accepted)))
+                _recording.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(_recorded)
+            raise
+
     def send_json(self, status: int, body: Any) -> None:
         if self._request_key is not None:
             key, self._request_key = self._request_key, None
@@ -434,7 +455,7 @@ class EventsHandler(IngestHandler):
                 "quarantined_rows": ingest.quarantined_rows}
         wait = self.query_argument("wait")
         if wait is not None and wait.lower() in ("true", "1"):
-            await ingest.stored()
+            await self.confirmed(ingest, body)
             await self.reply(200, body)
         else:
             ingest.discard_results()
@@ -756,9 +777,8 @@ class DataSourcesHandler(IngestHandler):
 
     async def answer(self) -> None:
         ingest = self._finish_body()
-        await ingest.stored()  # appends answer once the rows are in ClickHouse
         table = ingest.table
-        await self.reply(200, {
+        answer = {
             "id": self._import_id,
             "import_id": self._import_id,
             "job_id": self._import_id,
@@ -769,7 +789,19 @@ class DataSourcesHandler(IngestHandler):
             "invalid_lines": ingest.invalid_lines,
             "error": False,
             "blocks": [],
-        })
+        }
+        await self.confirmed(ingest, answer)  # appends answer once the rows are in ClickHouse
+        await self.reply(200, answer)
+
+
+#: Request-id records written after their 503 answer (IngestHandler.confirmed).
+_recording: set[asyncio.Task[None]] = set()
+
+
+def _recorded(task: asyncio.Task[None]) -> None:
+    _recording.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not record a request id: %s", task.exception())
 
 
 def _one_byte(value: str, name: str) -> bytes:
