@@ -9,11 +9,13 @@ out to the data source's batcher and bad rows to its quarantine batcher.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +109,48 @@ def _create_error(datasource: DataSource, error: SinkError) -> str:
 #: Seconds a starting gateway waits for a ClickHouse that does not answer.
 STARTUP_WAIT = 30.0
 
+#: KILL QUERY is sent again every this many seconds while the engine does not list a
+#: query that has started (its Query packet may still be on its way), up to _KILL_FOR s.
+_KILL_RETRY = 0.05
+_KILL_FOR = 5.0
+
+
+class QueryCancelled(SinkError):
+    """The query's client went away before the query was sent: it never ran."""
+
+
+class RunningQuery:
+    """One endpoint query, shared by its handler (whose client may hang up at any moment)
+    and the pool thread that runs it. The lock orders "sent to the engine" against
+    "cancelled", so that a cancel is never lost: before the send, the query is not sent
+    at all; after it, it is killed in the engine."""
+
+    def __init__(self, query_id: str) -> None:
+        self.query_id = query_id
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._started = False
+        self._ended = threading.Event()
+
+    def start(self) -> None:
+        """In the pool thread, just before the query is sent."""
+        with self._lock:
+            if self._cancelled:
+                raise QueryCancelled(f"query {self.query_id} cancelled before it started")
+            self._started = True
+
+    def end(self) -> None:
+        self._ended.set()
+
+    def cancel(self) -> bool:
+        """Mark the query cancelled; True if it was sent and is still to be killed."""
+        with self._lock:
+            self._cancelled = True
+            return self._started and not self._ended.is_set()
+
+    def wait_ended(self, seconds: float) -> bool:
+        return self._ended.wait(seconds)
+
 
 class Gateway:
     def __init__(self, settings: Settings, sink: Sink, project: Project, *,
@@ -131,6 +175,11 @@ class Gateway:
         self.request_log = RequestLog(self.writer, sink.database)
         self.draining = False  # SIGTERM received: new ingest requests get 503
         self.active_requests = 0  # ingest requests being received or answered
+        #: Queries handed to a sink and not yet back (queued for a connection, or running).
+        self.queries_in_flight = 0
+        # Cancels have threads of their own: a busy default executor must not delay them.
+        self._cancels = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="tinyingest-cancel")
 
     async def drain(self, timeout: float) -> None:
         """Refuse new rows, let requests in flight finish (up to ``timeout`` s), flush."""
@@ -283,23 +332,48 @@ class Gateway:
         return limits
 
     async def query(self, sql: str, limits: QueryLimits, *, query_id: str | None = None,
-                    settings: dict[str, Any] | None = None) -> QueryResult:
-        """A read-only SELECT under ``limits``."""
+                    settings: dict[str, Any] | None = None,
+                    running: RunningQuery | None = None) -> QueryResult:
+        """A read-only SELECT under ``limits``; ``running`` (with its query id) lets
+        :meth:`cancel` stop it. :raises QueryCancelled: cancelled before it was sent."""
+        if running is not None:
+            query_id = running.query_id
 
         def run(sink: Sink) -> QueryResult:
-            return sink.query(sql, readonly=True, max_execution_time=limits.timeout,
-                              max_result_rows=limits.max_rows, query_id=query_id,
-                              settings=settings)
-        if self.readers is not None:
-            return await self.readers.run(run)
-        return await self.writer.run(run)
-
-    async def cancel(self, query_id: str) -> None:
-        """Stop a query whose client went away (ClickHouse would run it on for minutes)."""
+            if running is not None:
+                running.start()
+            try:
+                return sink.query(sql, readonly=True, max_execution_time=limits.timeout,
+                                  max_result_rows=limits.max_rows, query_id=query_id,
+                                  settings=settings)
+            finally:
+                if running is not None:
+                    running.end()
+        self.queries_in_flight += 1
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.sink.cancel, query_id)
+            if self.readers is not None:
+                return await self.readers.run(run)
+            return await self.writer.run(run)
+        finally:
+            self.queries_in_flight -= 1
+
+    async def cancel(self, running: RunningQuery) -> None:
+        """Stop a query whose client went away (ClickHouse would run it on for minutes):
+        a query still waiting for a connection is never sent; a sent one is killed."""
+        if not running.cancel():
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._cancels, self._kill, running)
         except SinkError as exc:
-            log.warning("could not cancel query %s: %s", query_id, exc)
+            log.warning("could not cancel query %s: %s", running.query_id, exc)
+
+    def _kill(self, running: RunningQuery) -> None:
+        # The Query packet may not have reached the engine yet when the client hangs up
+        # just as the query starts: kill again until the engine has it or it has ended.
+        deadline = time.monotonic() + _KILL_FOR
+        while not self.sink.cancel(running.query_id):
+            if running.wait_ended(_KILL_RETRY) or time.monotonic() > deadline:
+                return
 
     def readable_tables(self, token: Token | None) -> set[str]:
         """The data sources (and their quarantines) ``token`` may read; None: all, as a
@@ -357,6 +431,7 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.readers is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.readers.close)
+        self._cancels.shutdown(wait=False, cancel_futures=True)
 
 
 class Ingest:

@@ -49,6 +49,7 @@ from tinyingest.gateway import (
     Gateway,
     Ingest,
     QueryLimits,
+    RunningQuery,
     SmallBodies,
     Table,
     new_import_id,
@@ -857,7 +858,8 @@ _query_numbers = itertools.count()
 class QueryHandler(BaseHandler):
     """Shared by pipe endpoints and ``/v0/sql``: parameters, execution, output formats."""
 
-    _query_id: str | None = None
+    _running: RunningQuery | None = None
+    _client_gone = False
 
     def request_params(self) -> dict[str, str | list[str]]:
         """Query-string and body parameters; a repeated key gives a list (Array params)."""
@@ -886,11 +888,15 @@ class QueryHandler(BaseHandler):
                         limits: QueryLimits, params: dict[str, str | list[str]]) -> None:
         if output == "parquet" and not parquet.available():
             raise APIError(501, parquet.MISSING)
-        self._query_id = f"{_QUERY_ID_PREFIX}-{next(_query_numbers)}"
+        if self._client_gone:
+            return  # it hung up while the query was being compiled: nothing to run
+        self._running = RunningQuery(f"{_QUERY_ID_PREFIX}-{next(_query_numbers)}")
         try:
-            result = await self.gateway.query(sql, limits, query_id=self._query_id,
-                                              settings=compiled.settings)
+            result = await self.gateway.query(sql, limits, settings=compiled.settings,
+                                              running=self._running)
         except SinkError as error:
+            if self._client_gone:
+                return  # cancelled because the client left: no one to answer
             if error.code == 159:  # TIMEOUT_EXCEEDED
                 raise APIError(408, f"query timeout: the query ran longer than {limits.timeout:g}"
                                     f" s, the limit set by {limits.timeout_origin} "
@@ -901,15 +907,17 @@ class QueryHandler(BaseHandler):
                                     f"LIMIT ({error})") from None
             raise APIError(400, str(error)) from None
         finally:
-            self._query_id = None
-        if self._finished:
+            self._running = None
+        if self._finished or self._client_gone:
             return
         self.write_result(result, output, params)
 
     def on_connection_close(self) -> None:
-        # The client is gone: stop its query in ClickHouse rather than let it run on.
-        if self._query_id is not None:
-            asyncio.ensure_future(self.gateway.cancel(self._query_id))
+        # The client is gone: stop its query in ClickHouse rather than let it run on (or,
+        # still waiting for a connection, never send it).
+        self._client_gone = True
+        if self._running is not None:
+            asyncio.ensure_future(self.gateway.cancel(self._running))
 
     def write_result(self, result: QueryResult, output: str,
                      params: dict[str, str | list[str]]) -> None:
@@ -1130,6 +1138,7 @@ class HealthHandler(BaseHandler):
         self.send_json(200, {"status": "ok", "parser": parser.IMPLEMENTATION,
                              "backend": self.gateway.sink.name, "pid": os.getpid(),
                              "requests_in_flight": self.gateway.active_requests,
+                             "queries_in_flight": self.gateway.queries_in_flight,
                              "spool_bytes": self.gateway.spool.bytes_on_disk})
 
 

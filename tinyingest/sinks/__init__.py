@@ -52,7 +52,9 @@ class Sink(Protocol):
               settings: dict[str, Any] | None = None) -> QueryResult:
         """Run a SELECT; with ``readonly`` the query cannot change data or settings."""
 
-    def cancel(self, query_id: str) -> None:
-        """Stop the running query ``query_id`` (best effort)."""
+    def cancel(self, query_id: str) -> bool:
+        """Stop the running query ``query_id`` (the engine does so at its next block);
+        False if the engine does not list it (not started yet, or already ended). Safe to
+        call from another thread while the query runs."""
 
     def close(self) -> None: ...

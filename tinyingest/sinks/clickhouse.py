@@ -267,17 +267,22 @@ class ClickHouseSink:
         out.write(b"\x00\x00")  # no columns, no rows
         return out.getvalue()
 
-    def cancel(self, query_id: str) -> None:
-        """Stop a running query (its client went away), from a connection of its own."""
+    def cancel(self, query_id: str) -> bool:
+        """Stop a running query (its client went away), from a connection of its own: the
+        query's connection is busy reading its answer (and not ours to use from this
+        thread). ClickHouse stops the query at its next block; the query's caller gets
+        "Query was cancelled". True if the server had the query."""
         client = Client(host=self.host, port=self.port, user=self._client.connection.user,
                         password=self._client.connection.password,
                         secure=self._client.connection.secure_socket, connect_timeout=5,
                         send_receive_timeout=10)
         try:
-            with self._errors():
-                client.execute("KILL QUERY WHERE query_id = %(id)s ASYNC", {"id": query_id})
+            with _ErrorMapper(client):  # not self._errors(): that would drop the busy one
+                killed = client.execute("KILL QUERY WHERE query_id = %(id)s ASYNC",
+                                        {"id": query_id})
         finally:
             client.disconnect()
+        return bool(killed)
 
     def insert(self, table: str, block: EncodedBlock) -> None:
         """Insert ``block`` into ``table`` as one INSERT.

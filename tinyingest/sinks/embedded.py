@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -39,6 +40,15 @@ __all__ = ["EmbeddedSink"]
 _CODE = re.compile(r"Code: (\d+)\. (?:DB::Exception: )?")
 _VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+[^)]*\)\.?$")
 _MAX_READERS = 8  # cached query connections, one per distinct (readonly, limits)
+_QUERY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _query_tag(query_id: str) -> str:
+    """The comment that starts a query's SQL: chDB takes no query id from its caller
+    (it makes one up), so :meth:`EmbeddedSink.cancel` finds the query by its text."""
+    if not _QUERY_ID.match(query_id):
+        raise ValueError(f"query_id {query_id!r}: use letters, digits and _ . : -")
+    return f"/* tinyingest query {query_id} */ "
 
 
 def _sink_error(exc: BaseException) -> SinkError:
@@ -92,6 +102,10 @@ class EmbeddedSink:
         except Exception as e:
             raise _sink_error(e) from e
         self._readers: OrderedDict[tuple[object, ...], Any] = OrderedDict()
+        # KILL QUERY comes from other threads while the writer and readers are busy: it
+        # gets a connection of its own.
+        self._killer: Any = None
+        self._killer_lock = threading.Lock()
         self._decoder = NativeDecoder(timezone)
 
     def __repr__(self) -> str:
@@ -162,11 +176,13 @@ class EmbeddedSink:
     ) -> QueryResult:
         """Run a SELECT and return all its rows (see :meth:`ClickHouseSink.query`).
 
-        ``query_id`` is not used: an embedded query ends at its time limit.
+        ``query_id`` is written in a comment at the start of the SQL, for :meth:`cancel`.
 
         :raises SinkError: ClickHouse refused the query or a limit was hit.
         """
         connection = self._reader(readonly, max_execution_time, max_result_rows)
+        if query_id is not None:
+            sql = _query_tag(query_id) + sql
         if settings:
             sql += " SETTINGS " + ", ".join(f"{name} = {int(value)}"
                                             for name, value in settings.items())
@@ -188,14 +204,33 @@ class EmbeddedSink:
         except Exception as e:
             raise _sink_error(e) from e
 
-    def cancel(self, query_id: str) -> None:
-        """Not supported in-process: embedded queries stop at their time limit."""
+    def cancel(self, query_id: str) -> bool:
+        """Stop a running query (see :meth:`ClickHouseSink.cancel`): ``KILL QUERY`` on a
+        connection of its own, from any thread; chDB runs it beside the busy ones."""
+        tag = _query_tag(query_id)
+        with self._killer_lock:
+            if self._killer is None:
+                self._connection()  # raises when closed
+                try:
+                    self._killer = self._chdb.connect(self._connection_string({}))
+                except Exception as e:
+                    raise _sink_error(e) from e
+            try:
+                killed = self._killer.query(
+                    f"KILL QUERY WHERE startsWith(query, '{tag}') ASYNC", "TSV").bytes()
+            except Exception as e:
+                raise _sink_error(e) from e
+        return bool(killed.strip())
 
     def close(self) -> None:
         """Close every connection; the engine shuts down with the last one."""
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        with self._killer_lock:
+            if self._killer is not None:
+                self._killer.close()
+                self._killer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
