@@ -66,7 +66,8 @@ PY = implementation("py")
 
 GATEWAYS = [("clickhouse", "c"), ("clickhouse", "py"), ("embedded", "c"), ("embedded", "py")]
 PARSER_ENV = {"c": {"TINYINGEST_REQUIRE_EXTENSIONS": "1"},
-              "py": {"TINYINGEST_NO_EXTENSIONS": "1"}}
+              # make exports REQUIRE=1, which would refuse the pure-Python parsers
+              "py": {"TINYINGEST_NO_EXTENSIONS": "1", "TINYINGEST_REQUIRE_EXTENSIONS": "0"}}
 
 
 class Fuzzed:
