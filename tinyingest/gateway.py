@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyingest import ddl, metrics, parser
+from tinyingest import ddl, metrics, parser, sqlguard
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
 from tinyingest.batcher import SinkPool, TableBatcher, is_transient
 from tinyingest.config import Settings
@@ -41,7 +41,9 @@ from tinyingest.pipes import (
 from tinyingest.quarantine import quarantine_rows, refused_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import QueryResult, Sink, SinkError
+from tinyingest.sinks.embedded import EmbeddedSink
 from tinyingest.spool import Spool
+from tinyingest.sqlguard import SQLGuard
 
 log = logging.getLogger("tinyingest")
 
@@ -164,6 +166,10 @@ class Gateway:
         self.project = project
         self.writer = SinkPool([sink, *insert_sinks], "writer")
         self.readers = SinkPool(readers, "reader") if readers else None
+        # Callers' SQL is read by ClickHouse's parser: the embedded engine's own, or an
+        # in-memory chDB in front of a server.
+        self.guard = SQLGuard(functools.partial(sink.connect, sqlguard.SETTINGS)
+                              if isinstance(sink, EmbeddedSink) else None)
         self.spool = Spool(str(Path(settings.data_dir) / spool_dir),
                            max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
         self.tables: dict[str, Table] = {}
@@ -398,7 +404,8 @@ class Gateway:
         return compile_node(adhoc, "_sql", params, self.readable_tables(token) | set(pipes),
                             pipes=pipes, pipe_tables=self._all_tables,
                             columns=self.table_columns,
-                            row_filters=token.filters, fixed_params=token.fixed_params)
+                            row_filters=token.filters, fixed_params=token.fixed_params,
+                            guard=self.guard)
 
     def compile_pipe(self, pipe: Pipe, params: Mapping[str, str | list[str]],
                      token: Token | None = None) -> CompiledQuery:
@@ -406,7 +413,8 @@ class Gateway:
         ``column()`` & co name only columns of the data sources."""
         return compile_endpoint(pipe, params, self._all_tables, pipes=self.project.pipes,
                                 columns=self.table_columns,
-                                fixed_params=token.fixed_params if token is not None else None)
+                                fixed_params=token.fixed_params if token is not None else None,
+                                guard=self.guard)
 
     def _create_views(self, database: str, sink: Sink) -> None:
         """Materialized pipes: a ClickHouse materialized view per node, ``TO`` its target,
@@ -416,7 +424,7 @@ class Gateway:
                 if node.type != "materialized" or node.datasource is None:
                     continue
                 select = compile_node(pipe, node.name, {}, self.readable_tables(None),
-                                      pipes=self.project.pipes).sql
+                                      pipes=self.project.pipes, guard=self.guard).sql
                 view = ddl.quote_identifier(f"{pipe.name}__{node.name}")
                 sink.execute(
                     f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ddl.quote_identifier(database)}."
@@ -428,6 +436,7 @@ class Gateway:
             await table.batcher.close()
             await table.quarantine.close()
         self.spool.close()
+        self.guard.close()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         if self.readers is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.readers.close)

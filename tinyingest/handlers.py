@@ -975,6 +975,10 @@ class SQLHandler(QueryHandler):
 
     async def _query(self) -> None:
         token = self.require(DATASOURCES_READ)
+        if not (token.is_admin or token.resources(DATASOURCES_READ)
+                or token.resources(PIPES_READ)):
+            raise APIError(403, f"token '{token.name}' has no READ scope: /v0/sql needs "
+                                "DATASOURCES:READ or PIPES:READ on a resource")
         params = self.request_params()
         q = params.pop("q", None)
         if q is None and self.request.method == "POST" and not self.request.body_arguments:
@@ -1037,7 +1041,7 @@ class PipeDataHandler(QueryHandler):
             # q is the caller's own SQL: it reads only what the token may read.
             sql = apply_q(q if isinstance(q, str) else q[-1], compiled,
                           self.gateway.readable_tables(token), row_filters=token.filters,
-                          columns=self.gateway.table_columns)
+                          columns=self.gateway.table_columns, guard=self.gateway.guard)
         await self.run_query(compiled, sql, output, self.gateway.query_limits(pipe), params)
 
 

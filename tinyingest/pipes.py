@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinyingest.datafiles import QUARANTINE_COLUMNS, DataSource, Node, Pipe
+from tinyingest.sqlguard import SQLGuard, SQLRefused
 from tinyingest.template import (
     Param,
     ParamValue,
@@ -245,6 +246,7 @@ class _Reference:
     end: int
     function: bool  # a table function: name(...)
     aliased: bool  # followed by AS x / an alias
+    last: int  # index of its last token
 
 
 @functools.lru_cache(maxsize=4096)
@@ -303,6 +305,18 @@ def _scan(sql: str) -> tuple[list[_Reference], list[tuple[str, int]]]:
 
 def _reference_at(tokens: list[_Token], index: int, keyword: str) -> _Reference | None:
     n = len(tokens)
+    if keyword == "IN" and index < n and tokens[index].text == "(" \
+            and tokens[index].kind == "punct":
+        # ``x IN (t)``, as ClickHouse's formatter writes ``x IN t``: the parentheses go
+        # with the name, so a replacement subquery brings its own.
+        inner = _reference_at(tokens, index + 1, "IN(")
+        if inner is None or inner.function:
+            return None
+        close = tokens[inner.last + 1] if inner.last + 1 < n else None
+        if close is None or close.kind != "punct" or close.text != ")":
+            return None
+        return _Reference(inner.name, "IN", tokens[index].start, close.end, False, False,
+                          inner.last + 1)
     if index >= n or tokens[index].identifier is None:
         return None
     first = tokens[index]
@@ -316,7 +330,7 @@ def _reference_at(tokens: list[_Token], index: int, keyword: str) -> _Reference 
         last += 2
     after = tokens[last + 1] if last + 1 < n else None
     function = after is not None and after.kind == "punct" and after.text == "("
-    if keyword == "IN" and (function or first.kind == "word" and first.upper in (
+    if keyword.startswith("IN") and (function or first.kind == "word" and first.upper in (
             "SELECT", "WITH")):
         return None  # IN tuple(...) / IN (SELECT ...) handled as subqueries
     aliased = after is not None and (
@@ -324,7 +338,7 @@ def _reference_at(tokens: list[_Token], index: int, keyword: str) -> _Reference 
         or (after.kind == "word" and after.upper not in _NOT_ALIAS)
     )
     return _Reference(".".join(parts), keyword, first.start, tokens[last].end, function,
-                      aliased)
+                      aliased, last)
 
 
 def table_references(sql: str) -> list[str]:
@@ -385,6 +399,9 @@ class _Compiler:
     filters: Mapping[str, str] = field(default_factory=dict)
     #: Pipe -> parameters that override the request's inside that pipe (JWT).
     fixed_params: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
+    #: ClickHouse's parser: reads each rendered node first (None: the tokenizer only,
+    #: for tests of pure compilation; the gateway always passes one).
+    guard: SQLGuard | None = None
     allowlists: dict[int, frozenset[str]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
@@ -449,10 +466,22 @@ class _Compiler:
                 "\n)")
 
     def _resolve(self, pipe: Pipe, node: Node, sql: str) -> str:
+        checked = None
+        if self.guard is not None:
+            try:
+                checked = self.guard.check(sql)
+            except SQLRefused as exc:
+                raise PipeError(f"Node '{node.name}': {exc}") from exc
+            sql = checked.sql
         references, problems = _scan(sql)
         sql, problems = _strip_semicolon(sql, problems)
         if problems:
             raise PipeError(f"Node '{node.name}': {problems[0][0]}")
+        # The names resolved below must be the tables ClickHouse reads, all of them.
+        if checked is not None and not checked.agrees_with(
+                [ref.name for ref in references if not ref.function],
+                [ref.name for ref in references if ref.function]):
+            raise PipeError(f"Node '{node.name}': the query could not be checked")
         out: list[str] = []
         pos = 0
         for ref in references:
@@ -521,6 +550,7 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
                  columns: Mapping[str, Collection[str]] | None = None,
                  row_filters: Mapping[str, str] | None = None,
                  fixed_params: Mapping[str, Mapping[str, ParamValue]] | None = None,
+                 guard: SQLGuard | None = None,
                  ) -> CompiledQuery:
     """Compile node ``node`` of ``pipe`` (and the nodes it reads) into one SELECT.
 
@@ -543,6 +573,8 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
         ``(SELECT <columns> FROM table WHERE (<filter>)) AS table`` instead.
     :param fixed_params: pipe -> parameters that override the request's wherever that
         published pipe is read (JWT ``fixed_params``, E7).
+    :param guard: ClickHouse's parser (:mod:`tinyingest.sqlguard`): each rendered node
+        is read by it first, and its normalized text is compiled (and run).
     :raises TemplateError: a parameter is missing or invalid (400), ``error()``...
     :raises PipeError: unknown node, table or circular reference.
     """
@@ -551,7 +583,7 @@ def compile_node(pipe: Pipe, node: str, params: Mapping[str, ParamValue],
         raise PipeError(f"Node '{node}' not found in pipe '{pipe.name}'", 404)
     compiler = _Compiler(template_params(params), allowed_tables, pipes or {}, test_mode,
                          pipe.name, pipe_tables, columns, row_filters or {},
-                         fixed_params or {})
+                         fixed_params or {}, guard)
     sql = compiler.node_sql(pipe, target)
     return CompiledQuery(sql, compiler.settings, compiler.hints, target.name,
                          tuple(compiler.order), tuple(sorted(compiler.tables)))
@@ -563,6 +595,7 @@ def compile_endpoint(pipe: Pipe, params: Mapping[str, ParamValue],
                      test_mode: bool = False,
                      columns: Mapping[str, Collection[str]] | None = None,
                      fixed_params: Mapping[str, Mapping[str, ParamValue]] | None = None,
+                     guard: SQLGuard | None = None,
                      ) -> CompiledQuery:
     """Compile the pipe's endpoint node (:attr:`Pipe.endpoint`); see :func:`compile_node`.
 
@@ -578,13 +611,15 @@ def compile_endpoint(pipe: Pipe, params: Mapping[str, ParamValue],
     if fixed:
         params = {**template_params(params), **template_params(fixed)}
     return compile_node(pipe, endpoint.name, params, allowed_tables, pipes=pipes,
-                        test_mode=test_mode, columns=columns, fixed_params=fixed_params)
+                        test_mode=test_mode, columns=columns, fixed_params=fixed_params,
+                        guard=guard)
 
 
 def apply_q(q: str, compiled: CompiledQuery,
             allowed_tables: Collection[str] | None = None, *,
             row_filters: Mapping[str, str] | None = None,
-            columns: Mapping[str, Collection[str]] | None = None) -> str:
+            columns: Mapping[str, Collection[str]] | None = None,
+            guard: SQLGuard | None = None) -> str:
     """The ``q`` request option: SQL over the endpoint result, ``_`` standing for it.
 
     ``q`` is user SQL: every other table it reads must be in ``allowed_tables`` (when
@@ -602,7 +637,7 @@ def apply_q(q: str, compiled: CompiledQuery,
     result = Pipe("_", "", (Node("_", compiled.sql, "endpoint"),))
     return compile_node(Pipe("q", "", (Node("q", q),)), "q", {}, allowed_tables,
                         pipes={"_": result}, pipe_tables=None, columns=columns,
-                        row_filters=row_filters).sql
+                        row_filters=row_filters, guard=guard).sql
 
 
 def datasource_columns(datasources: Iterable[DataSource]) -> dict[str, tuple[str, ...]]:

@@ -118,6 +118,15 @@ class EmbeddedSink:
                   "allow_suspicious_low_cardinality_types": 1, **settings}
         return self.data_dir + "?" + "&".join(f"{key}={value}" for key, value in params.items())
 
+    def connect(self, settings: dict[str, object]) -> Any:
+        """Another chDB connection on this engine, its session with ``settings`` (chDB
+        hosts one engine per process: a connection elsewhere would be refused)."""
+        self._connection()  # raises when closed
+        try:
+            return self._chdb.connect(self._connection_string(settings))
+        except Exception as e:
+            raise _sink_error(e) from e
+
     def _connection(self) -> Any:
         if self._conn is None:
             raise SinkError("the embedded sink is closed")
@@ -210,11 +219,7 @@ class EmbeddedSink:
         tag = _query_tag(query_id)
         with self._killer_lock:
             if self._killer is None:
-                self._connection()  # raises when closed
-                try:
-                    self._killer = self._chdb.connect(self._connection_string({}))
-                except Exception as e:
-                    raise _sink_error(e) from e
+                self._killer = self.connect({})
             try:
                 killed = self._killer.query(
                     f"KILL QUERY WHERE startsWith(query, '{tag}') ASYNC", "TSV").bytes()
@@ -253,10 +258,7 @@ class EmbeddedSink:
             settings["result_overflow_mode"] = "throw"
         if readonly:
             settings["readonly"] = 1
-        try:
-            reader = self._chdb.connect(self._connection_string(settings))
-        except Exception as e:
-            raise _sink_error(e) from e
+        reader = self.connect(settings)
         self._readers[key] = reader
         if len(self._readers) > _MAX_READERS:
             _, oldest = self._readers.popitem(last=False)
