@@ -333,3 +333,48 @@ def test_random_split_points_give_identical_output(
     assert decode(encoding, chunks, sniff_gzip=sniff) == data
     if encoding == "gzip":
         assert decode(None, chunks, sniff_gzip=True) == data
+
+
+# --- bounded pieces, ratio, window (issue 18) ---
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_bomb_comes_out_in_bounded_pieces(encoding: str, gzip_bomb: bytes,
+                                            zstd_bomb: bytes) -> None:
+    # Under a limit above the bomb's size, one chunk still never decodes in one go.
+    bomb = gzip_bomb if encoding == "gzip" else zstd_bomb
+    decoder = make_decoder(encoding, 2 * BOMB_SIZE)
+    largest = total = 0
+    for piece in decoder.pieces(bomb[: 64 << 10]):
+        largest = max(largest, len(piece))
+        total += len(piece)
+    assert total > 8 << 20  # a real bomb
+    assert largest <= 4 << 20, largest
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
+def test_ratio_limit(encoding: str) -> None:
+    from tinyingest.decompress import RATIO_SLACK, RatioTooHigh
+
+    bomb = {"gzip": gzip.compress, "deflate": zlib.compress,
+            "zstd": zstandard.ZstdCompressor().compress}[encoding](bytes(16 << 20))
+    decoder = make_decoder(encoding, BIG, max_ratio=100)
+    with pytest.raises(RatioTooHigh) as info:
+        decoder.feed(bomb)
+    assert info.value.status == 413
+    assert decoder.decoded_bytes < 100 * len(bomb) + RATIO_SLACK + (4 << 20)
+    # Ordinary bodies, and small ones that compress very well, pass.
+    assert decode(encoding, [ENCODED[encoding if encoding != "deflate" else "deflate-zlib"][1]])
+    small = bytes(RATIO_SLACK // 2)
+    decoder = make_decoder(encoding, BIG, max_ratio=2)
+    compressed = {"gzip": gzip.compress, "deflate": zlib.compress,
+                  "zstd": zstandard.ZstdCompressor().compress}[encoding](small)
+    assert decoder.feed(compressed) + decoder.finish() == small
+
+
+def test_zstd_window_is_bounded_whatever_the_limit() -> None:
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=24)
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    body = compressor.compress(DATA) + compressor.flush()  # streamed: a 16 MiB window
+    with pytest.raises(BadEncoding, match="window"):
+        decode("zstd", [body], limit=8 << 30)

@@ -50,10 +50,9 @@ def make_sink(settings: Settings) -> Sink:
 async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
                 worker: int | None = None) -> int:
     """Run one gateway process until SIGTERM/SIGINT; ``worker`` is its number under --workers."""
-    from tornado.httpserver import HTTPServer
-
     from tinyingest.auth import Authorizer
     from tinyingest.gateway import Gateway, StartupError
+    from tinyingest.limits import LimitedHTTPServer, connection_cap, raise_nofile_limit
     from tinyingest.routes import make_app
     from tinyingest.template import TemplateError
 
@@ -83,12 +82,16 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
         await gateway.close()
         return 2
     _tune_gc()
-    server = HTTPServer(
+    server = LimitedHTTPServer(
         make_app(gateway, Authorizer(token, project_tokens(project, settings.data_dir))),
+        max_connections=connection_cap(settings.max_connections, raise_nofile_limit()),
+        body_idle_timeout=settings.body_idle_timeout,
         # Tornado's defaults are unsafe for ingestion: 3600 s for headers, no body timeout.
         idle_connection_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
-        max_body_size=settings.max_body_bytes,
+        # Small until a handler knows better: ingest handlers raise it to max_body_bytes
+        # once the token is checked (see routes.BufferedBody for the others).
+        max_body_size=settings.max_buffered_body_bytes,
         max_header_size=64 << 10,
         decompress_request=False,  # we decode bodies ourselves, with a size limit
     )

@@ -33,12 +33,24 @@ class Settings:
     admin_token: str | None = None
     #: Largest request body after decompression (TINYINGEST_MAX_BODY_BYTES).
     max_body_bytes: int = 8 << 30
+    #: Largest body of any other request (TINYINGEST_MAX_BUFFERED_BODY_BYTES): /v0/sql,
+    #: pipes, tokens are read whole before they run. Ingest bodies stream and get
+    #: max_body_bytes once their token is checked.
+    max_buffered_body_bytes: int = 1 << 20
+    #: Most decoded bytes per compressed byte (past the first MiB) before a 413
+    #: (TINYINGEST_MAX_COMPRESSION_RATIO; 0: no limit). NDJSON compresses 5-50 times.
+    max_compression_ratio: int = 200
     #: Longest NDJSON line / CSV record; longer rows are quarantined (TINYINGEST_MAX_ROW_BYTES).
     max_row_bytes: int = 1 << 20
     #: Seconds to receive a request's headers (Tornado's default is 3600).
     header_timeout: float = 10.0
     #: Seconds to receive a whole body (Tornado's default: no limit).
     body_timeout: float = 3600.0
+    #: Seconds a body may send nothing before its connection is closed (0: no limit).
+    body_idle_timeout: float = 30.0
+    #: Open client connections per process; more are answered 503 and closed. Kept below
+    #: the open files limit (raised to its hard limit at start).
+    max_connections: int = 10_000
     #: Seconds a ClickHouse server may take to answer before an insert is retried.
     clickhouse_timeout: float = 30.0
     #: Seconds a SIGTERM waits for requests in flight before flushing and exiting.
@@ -69,6 +81,10 @@ class Settings:
         values: dict[str, object] = {
             "admin_token": os.environ.get("TINYINGEST_ADMIN_TOKEN") or None,
             "max_body_bytes": _env_int("TINYINGEST_MAX_BODY_BYTES", cls.max_body_bytes),
+            "max_buffered_body_bytes": _env_int("TINYINGEST_MAX_BUFFERED_BODY_BYTES",
+                                                cls.max_buffered_body_bytes),
+            "max_compression_ratio": _env_int("TINYINGEST_MAX_COMPRESSION_RATIO",
+                                              cls.max_compression_ratio),
             "max_row_bytes": _env_int("TINYINGEST_MAX_ROW_BYTES", cls.max_row_bytes),
             "batch": BatchLimits(
                 flush_rows=_env_int("TINYINGEST_FLUSH_ROWS", BatchLimits.flush_rows),
@@ -78,6 +94,9 @@ class Settings:
             ),
             "header_timeout": _env_float("TINYINGEST_HEADER_TIMEOUT", cls.header_timeout),
             "body_timeout": _env_float("TINYINGEST_BODY_TIMEOUT", cls.body_timeout),
+            "body_idle_timeout": _env_float("TINYINGEST_BODY_IDLE_TIMEOUT",
+                                            cls.body_idle_timeout),
+            "max_connections": _env_int("TINYINGEST_MAX_CONNECTIONS", cls.max_connections),
             "clickhouse_timeout": _env_float("TINYINGEST_CLICKHOUSE_TIMEOUT",
                                              cls.clickhouse_timeout),
             "drain_timeout": _env_float("TINYINGEST_DRAIN_TIMEOUT", cls.drain_timeout),

@@ -9,11 +9,13 @@ is decoded chunk by chunk::
     parser.feed(decoder.finish())
 
 Every decoder counts its *decoded* output and raises :class:`BodyTooLarge` as soon as it
-would pass ``max_decoded_bytes``. Decompression runs in bounded steps, so a small
+would pass ``max_decoded_bytes``, or ``max_ratio`` times the encoded bytes read so far
+(past the first :data:`RATIO_SLACK` bytes). Decompression runs in bounded steps, so a small
 compressed chunk that expands to gigabytes (a "gzip bomb") stops at the limit, after
 allocating at most a small, fixed amount beyond it; Tornado's own
 ``decompress_request`` had no such limit before 6.5.6 (reliability.md, finding 8 and
-catalog D3).
+catalog D3). :meth:`Decoder.pieces` yields a chunk's output in those steps, so that the
+caller can parse each and let other requests run between them (``feed`` joins them).
 
 Errors share the base :class:`BodyError`, whose ``status`` is the HTTP status to answer:
 :class:`BodyTooLarge` (413), :class:`BadEncoding` (400: corrupt, or truncated, which is
@@ -25,6 +27,7 @@ An empty body decodes to an empty body under every encoding (it is not "truncate
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Protocol
 
 import zstandard
@@ -33,12 +36,16 @@ __all__ = [
     "BadEncoding",
     "BodyError",
     "BodyTooLarge",
+    "RatioTooHigh",
     "Decoder",
     "UnsupportedEncoding",
     "make_decoder",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+#: Decoded bytes always accepted whatever the ratio: small bodies compress very well.
+RATIO_SLACK = 1 << 20
 
 # Largest output asked of zlib in one call: the bound on what a decoder can allocate in one
 # step beyond the limit (each step asks for at most ``remaining + 1`` bytes anyway).
@@ -47,16 +54,13 @@ _ZLIB_STEP = 256 * 1024
 # python-zstandard's decompressobj has no ``max_length``: one call decodes all it is given.
 # So we hand it input in slices small enough that the output stays bounded. A zstd block
 # decodes to at most 128 KiB and the densest block (RLE) takes 4 bytes, so one input byte
-# yields at most 2**15 output bytes.
-_ZSTD_MAX_RATIO = 1 << 15
-_ZSTD_MIN_SLICE = 128  # at most 4 MiB of output per call, however close to the limit
-_ZSTD_MAX_SLICE = 64 * 1024
-# A zstd frame names its window size and the decoder allocates that much. Cap it by the
-# decoded-size limit (a bigger window is never needed for a body we would accept) and by
-# 128 MiB, zstd's own default cap (``--long`` / ``--ultra`` streams use at most that), but
-# allow 8 MiB whatever the limit: streamed frames (no content size) at levels up to 19 use that.
-_ZSTD_MIN_WINDOW = 1 << 23
-_ZSTD_MAX_WINDOW = 1 << 27
+# yields at most 2**15 output bytes: 128 input bytes, at most 4 MiB per call (slicing that
+# fine costs about 1 % of a decode).
+_ZSTD_SLICE = 128
+# A zstd frame names its window size and the decoder allocates that much, per request.
+# 8 MiB is what zstd itself uses for streamed frames at levels up to 19 (a frame with a
+# content size needs at most that size); --long and --ultra frames ask for up to 2 GiB.
+ZSTD_MAX_WINDOW = 1 << 23
 
 
 class BodyError(Exception):
@@ -69,6 +73,10 @@ class BodyTooLarge(BodyError):
     """The decoded body is larger than the configured limit."""
 
     status = 413
+
+
+class RatioTooHigh(BodyTooLarge):
+    """The body decodes to more than ``max_ratio`` times its encoded size."""
 
 
 class BadEncoding(BodyError):
@@ -88,6 +96,10 @@ class Decoder(Protocol):
 
     decoded_bytes: int
 
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """Decode the next chunk of the body, in pieces of bounded size (maybe none)."""
+        ...
+
     def feed(self, chunk: bytes) -> bytes:
         """Decode the next chunk of the body; return the decoded bytes (maybe empty)."""
         ...
@@ -101,7 +113,8 @@ class Decoder(Protocol):
 
 
 def make_decoder(
-    content_encoding: str | None, max_decoded_bytes: int, sniff_gzip: bool = False
+    content_encoding: str | None, max_decoded_bytes: int, sniff_gzip: bool = False,
+    max_ratio: int = 0,
 ) -> Decoder:
     """Return a streaming decoder for a ``Content-Encoding`` header value.
 
@@ -115,6 +128,8 @@ def make_decoder(
     :param sniff_gzip: when no encoding is named (None or ``""``), decode the body as
         gzip if it starts with the gzip magic ``1f 8b``. No text format we ingest can
         start with those bytes (0x8b is not valid UTF-8 after 0x1f).
+    :param max_ratio: if not 0, more than ``max_ratio`` decoded bytes per encoded byte
+        (past the first :data:`RATIO_SLACK` decoded bytes) raises :class:`RatioTooHigh`.
     :raises UnsupportedEncoding: any other encoding, or more than one.
 
     >>> import gzip
@@ -129,17 +144,17 @@ def make_decoder(
     if not codings:
         named = bool(content_encoding and content_encoding.strip())
         if sniff_gzip and not named:
-            return _SniffDecoder(max_decoded_bytes)
+            return _SniffDecoder(max_decoded_bytes, max_ratio)
         return _IdentityDecoder(max_decoded_bytes)
     if len(codings) > 1:
         raise UnsupportedEncoding(f"Unsupported Content-Encoding: {content_encoding!r}")
     coding = codings[0]
     if coding in ("gzip", "x-gzip"):
-        return _GzipDecoder(max_decoded_bytes)
+        return _GzipDecoder(max_decoded_bytes, max_ratio)
     if coding == "deflate":
-        return _DeflateDecoder(max_decoded_bytes)
+        return _DeflateDecoder(max_decoded_bytes, max_ratio)
     if coding == "zstd":
-        return _ZstdDecoder(max_decoded_bytes)
+        return _ZstdDecoder(max_decoded_bytes, max_ratio)
     raise UnsupportedEncoding(f"Unsupported Content-Encoding: {content_encoding!r}")
 
 
@@ -147,22 +162,45 @@ def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"Decoded body is larger than {limit} bytes")
 
 
-class _IdentityDecoder:
-    def __init__(self, max_decoded_bytes: int) -> None:
+class _Counter:
+    """Counts encoded input and decoded output against the size and ratio limits."""
+
+    def __init__(self, max_decoded_bytes: int, max_ratio: int = 0) -> None:
         self.decoded_bytes = 0
         self._limit = max_decoded_bytes
+        self._ratio = max_ratio
+        self._encoded = 0
 
-    def feed(self, chunk: bytes) -> bytes:
-        self.decoded_bytes += len(chunk)
+    def _count(self, decoded: int) -> None:
+        self.decoded_bytes += decoded
         if self.decoded_bytes > self._limit:
             raise _too_large(self._limit)
+        if self._ratio and self.decoded_bytes > self._ratio * self._encoded + RATIO_SLACK:
+            raise RatioTooHigh(f"Decoded body is more than {self._ratio} times its "
+                               f"compressed size (after {self.decoded_bytes} bytes)")
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self.pieces(chunk))
+
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        raise NotImplementedError
+
+
+class _IdentityDecoder(_Counter):
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        if chunk:
+            self._count(len(chunk))
+            yield chunk
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._count(len(chunk))
         return chunk
 
     def finish(self) -> bytes:
         return b""
 
 
-class _ZlibDecoder:
+class _ZlibDecoder(_Counter):
     """gzip (``wbits=16+MAX_WBITS``, members restarted on EOF) or deflate (one stream).
 
     Each ``decompress`` call is given ``max_length``, and we loop on ``unconsumed_tail``
@@ -172,15 +210,14 @@ class _ZlibDecoder:
 
     _multi_member = False
 
-    def __init__(self, max_decoded_bytes: int) -> None:
-        self.decoded_bytes = 0
-        self._limit = max_decoded_bytes
+    def __init__(self, max_decoded_bytes: int, max_ratio: int = 0) -> None:
+        super().__init__(max_decoded_bytes, max_ratio)
         self._wbits = 16 + zlib.MAX_WBITS
         self._obj: zlib._Decompress | None = None  # None: between members, or not started
         self._ended = False  # deflate only: the single stream is complete
 
-    def feed(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        self._encoded += len(chunk)
         data = chunk
         while data:
             if self._obj is None:
@@ -188,27 +225,24 @@ class _ZlibDecoder:
                     raise BadEncoding("Unexpected data after the end of the deflate stream")
                 self._obj = zlib.decompressobj(self._wbits)
             obj = self._obj
-            try:
-                while True:
-                    room = min(self._limit - self.decoded_bytes + 1, _ZLIB_STEP)
+            while True:
+                room = min(self._limit - self.decoded_bytes + 1, _ZLIB_STEP)
+                try:
                     piece = obj.decompress(data, room)
-                    data = obj.unconsumed_tail
-                    if piece:
-                        self.decoded_bytes += len(piece)
-                        if self.decoded_bytes > self._limit:
-                            raise _too_large(self._limit)
-                        out.append(piece)
-                    if not data and len(piece) < room:
-                        break
-            except zlib.error as exc:
-                raise BadEncoding(f"Invalid {self._name()} data: {exc}") from None
+                except zlib.error as exc:
+                    raise BadEncoding(f"Invalid {self._name()} data: {exc}") from None
+                data = obj.unconsumed_tail
+                if piece:
+                    self._count(len(piece))
+                    yield piece
+                if not data and len(piece) < room:
+                    break
             if obj.eof:
                 data = obj.unused_data
                 self._obj = None
                 self._ended = not self._multi_member
             else:
                 data = b""
-        return b"".join(out)
 
     def finish(self) -> bytes:
         if self._obj is not None:
@@ -230,23 +264,23 @@ class _DeflateDecoder(_ZlibDecoder):
     We tell them apart by the zlib header (two bytes, so the first may arrive alone).
     """
 
-    def __init__(self, max_decoded_bytes: int) -> None:
-        super().__init__(max_decoded_bytes)
+    def __init__(self, max_decoded_bytes: int, max_ratio: int = 0) -> None:
+        super().__init__(max_decoded_bytes, max_ratio)
         self._head = b""  # the first byte, until the second tells zlib from raw
         self._sniffed = False
 
-    def feed(self, chunk: bytes) -> bytes:
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
         if not self._sniffed:
             chunk = self._head + chunk
             if len(chunk) < 2:
                 self._head = chunk
-                return b""
+                return
             self._head = b""
             self._sniffed = True
             cmf, flg = chunk[0], chunk[1]
             is_zlib = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
             self._wbits = zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
-        return super().feed(chunk)
+        yield from super().pieces(chunk)
 
     def finish(self) -> bytes:
         if self._head:
@@ -254,43 +288,40 @@ class _DeflateDecoder(_ZlibDecoder):
         return super().finish()
 
 
-class _ZstdDecoder:
+class _ZstdDecoder(_Counter):
     """zstd, one ``decompressobj`` per frame (so a truncated last frame is detectable)."""
 
-    def __init__(self, max_decoded_bytes: int) -> None:
-        self.decoded_bytes = 0
-        self._limit = max_decoded_bytes
-        window = 1 << max(max_decoded_bytes - 1, 1).bit_length()
-        window = min(max(window, _ZSTD_MIN_WINDOW), _ZSTD_MAX_WINDOW)
-        self._dctx = zstandard.ZstdDecompressor(max_window_size=window)
+    def __init__(self, max_decoded_bytes: int, max_ratio: int = 0) -> None:
+        super().__init__(max_decoded_bytes, max_ratio)
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
         self._obj: zstandard.ZstdDecompressionObj | None = None  # None: between frames
 
-    def feed(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
         view = memoryview(chunk)
         pos = 0
-        try:
-            while pos < len(view):
-                if self._obj is None:
-                    self._obj = self._dctx.decompressobj()
-                obj = self._obj
-                remaining = self._limit - self.decoded_bytes
-                size = min(max(remaining // _ZSTD_MAX_RATIO, _ZSTD_MIN_SLICE), _ZSTD_MAX_SLICE)
-                end = min(pos + size, len(view))
+        while pos < len(view):
+            if self._obj is None:
+                self._obj = self._dctx.decompressobj()
+            obj = self._obj
+            end = min(pos + _ZSTD_SLICE, len(view))
+            try:
                 piece = obj.decompress(view[pos:end])
-                pos = end
-                if piece:
-                    self.decoded_bytes += len(piece)
-                    if self.decoded_bytes > self._limit:
-                        raise _too_large(self._limit)
-                    out.append(piece)
-                if obj.eof:
-                    # The frame ended inside this slice: give the rest to the next frame.
-                    pos -= len(obj.unused_data)
-                    self._obj = None
-        except zstandard.ZstdError as exc:
-            raise BadEncoding(f"Invalid zstd data: {exc}") from None
-        return b"".join(out)
+            except zstandard.ZstdError as exc:
+                if "too much memory" in str(exc):
+                    raise BadEncoding(
+                        f"zstd frame needs a window larger than {ZSTD_MAX_WINDOW >> 20} MiB, "
+                        "the most accepted: compress without --long or --ultra") from None
+                raise BadEncoding(f"Invalid zstd data: {exc}") from None
+            self._encoded += end - pos
+            pos = end
+            if obj.eof:
+                # The frame ended inside this slice: give the rest to the next frame.
+                pos -= len(obj.unused_data)
+                self._encoded -= len(obj.unused_data)
+                self._obj = None
+            if piece:
+                self._count(len(piece))
+                yield piece
 
     def finish(self) -> bytes:
         if self._obj is not None:
@@ -301,26 +332,30 @@ class _ZstdDecoder:
 class _SniffDecoder:
     """No Content-Encoding: gzip if the body starts with ``1f 8b``, else identity."""
 
-    def __init__(self, max_decoded_bytes: int) -> None:
+    def __init__(self, max_decoded_bytes: int, max_ratio: int = 0) -> None:
         self.decoded_bytes = 0
         self._limit = max_decoded_bytes
+        self._ratio = max_ratio
         self._head = b""  # the first byte, while it could still start the magic
         self._inner: _IdentityDecoder | _GzipDecoder | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
         if self._inner is None:
             chunk = self._head + chunk
             if len(chunk) < 2 and GZIP_MAGIC.startswith(chunk):
                 self._head = chunk
-                return b""
+                return
             self._head = b""
             if chunk.startswith(GZIP_MAGIC):
-                self._inner = _GzipDecoder(self._limit)
+                self._inner = _GzipDecoder(self._limit, self._ratio)
             else:
                 self._inner = _IdentityDecoder(self._limit)
-        out = self._inner.feed(chunk)
-        self.decoded_bytes = self._inner.decoded_bytes
-        return out
+        for piece in self._inner.pieces(chunk):
+            self.decoded_bytes = self._inner.decoded_bytes
+            yield piece
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self.pieces(chunk))
 
     def finish(self) -> bytes:
         if self._inner is None:

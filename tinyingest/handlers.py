@@ -55,6 +55,7 @@ from tinyingest.gateway import (
     new_import_id,
 )
 from tinyingest.idempotency import MAX_REQUEST_ID_BYTES, Answer
+from tinyingest.limits import feed_pieces
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
@@ -238,8 +239,8 @@ class IngestHandler(BaseHandler):
         if length is not None and length.isdigit() and int(length) > limit:
             raise APIError(413, f"request body is larger than {limit} bytes")
         try:
-            self.decoder = make_decoder(self.header("Content-Encoding"),
-                                        limit, sniff_gzip=sniff)
+            self.decoder = make_decoder(self.header("Content-Encoding"), limit, sniff_gzip=sniff,
+                                        max_ratio=self.gateway.settings.max_compression_ratio)
         except BodyError as exc:
             raise APIError(exc.status, str(exc)) from None
         content_type = self.header("Content-Type") or ""
@@ -253,11 +254,15 @@ class IngestHandler(BaseHandler):
                                  import_id=self.import_id())
         except (SchemaError, ValueError) as exc:  # e.g. Array columns from CSV
             raise APIError(400, str(exc)) from None
+        _allow_body(self.request, limit)  # the token is good: the server's small limit goes
 
     def answer_early(self, status: int, body: Any, headers: dict[str, str]) -> None:
         """Answer without ingesting. A small body is read and dropped first; a large one
         (or a 413) is answered now, and Tornado closes the connection after the answer."""
         length = self.request.headers.get("Content-Length", "")
+        # The body is dropped, not kept: Tornado's small limit would answer a bare 400 over
+        # this answer (a long body is answered at _DISCARD_LIMIT anyway).
+        _allow_body(self.request, 1 << 62)
         if status == 413 or (length.isdigit() and int(length) > _DISCARD_LIMIT):
             self._send_early(status, body, headers)
         else:
@@ -376,20 +381,36 @@ class IngestHandler(BaseHandler):
             return None
         if self._finished or self.ingest is None or self.decoder is None:
             return None
-        try:
-            data = self.decoder.feed(chunk)
-            if self.multipart is not None:
-                data = self.multipart.feed(data)
-            self.ingest.feed(data)
-        except BodyError as exc:
-            self.send_api_error(APIError(exc.status, str(exc)))
+        return feed_pieces(self.decoder.pieces(chunk), self._feed, self._body_failed)
+
+    def _feed(self, data: bytes) -> Awaitable[Any] | None:
+        if self._finished or self.ingest is None:
             return None
-        except SpoolFull as exc:
-            # Blocks of this request spooled before this point are still delivered.
-            self.send_api_error(APIError(exc.status, str(exc), {"Retry-After": "5"}))
-            return None
+        if self.multipart is not None:
+            data = self.multipart.feed(data)
+        self.ingest.feed(data)
         # Flow control: Tornado reads no more of the body until this is done.
         return self.ingest.backpressure()
+
+    def _body_failed(self, exc: Exception) -> None:
+        if isinstance(exc, BodyError):
+            self.send_api_error(APIError(exc.status, str(exc)))
+        elif isinstance(exc, SpoolFull):
+            self.send_api_error(APIError(exc.status, str(exc), {"Retry-After": "5"}))
+        else:
+            raise exc
+
+    def send_api_error(self, error: APIError) -> None:
+        ingest = self.ingest
+        if ingest is None or self._finished:
+            super().send_api_error(error)
+            return
+        # Blocks of this request handed over before the error are stored all the same:
+        # the answer says how many rows that is.
+        self.clear()
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.send_json(error.status, {"error": error.message, **_stored_rows(ingest)})
 
     async def post(self) -> None:
         if self.early is not None:
@@ -533,7 +554,8 @@ class EventsRouter(routing.Router):
                     int(length) <= SMALL_BODY_BYTES:
                 return _LeanSmallBody(gateway, request, self._late_bodies,
                                       gateway.small_bodies(table))
-            decoder = make_decoder(encoding, limit)
+            decoder = make_decoder(encoding, limit,
+                                   max_ratio=gateway.settings.max_compression_ratio)
             ingest = Ingest(gateway, table, "ndjson")
         except (BodyError, SchemaError, ValueError):
             return None
@@ -616,15 +638,18 @@ class _LeanIngest(_LeanRequest):
         super().__init__(gateway, request, late_bodies)
         self.decoder = decoder
         self.ingest: Ingest | None = ingest
+        _allow_body(request, gateway.settings.max_body_bytes)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.answered or self.ingest is None:
             return None
-        try:
-            self.ingest.feed(self.decoder.feed(chunk))
-        except Exception as exc:  # noqa: BLE001 - every error is answered, as the handler does
-            self._fail(exc)
+        # Every error is answered, as the handler does.
+        return feed_pieces(self.decoder.pieces(chunk), self._feed, self._fail)
+
+    def _feed(self, data: bytes) -> Awaitable[Any] | None:
+        if self.answered or self.ingest is None:
             return None
+        self.ingest.feed(data)
         return self.ingest.backpressure()
 
     def finish(self) -> None:
@@ -646,7 +671,13 @@ class _LeanIngest(_LeanRequest):
         super().on_connection_close()
 
     def _fail(self, exc: Exception) -> None:
+        ingest = self.ingest
         self._release()
+        if ingest is not None and isinstance(exc, (BodyError, SpoolFull)):
+            # As the handler's answer: the rows handed over before the error are stored.
+            extra = {"Retry-After": "5"} if isinstance(exc, SpoolFull) else None
+            self._answer(exc.status, {"error": str(exc), **_stored_rows(ingest)}, extra)
+            return
         super()._fail(exc)
 
     def _release(self) -> None:
@@ -793,6 +824,17 @@ class DataSourcesHandler(IngestHandler):
         }
         await self.confirmed(ingest, answer)  # appends answer once the rows are in ClickHouse
         await self.reply(200, answer)
+
+
+def _stored_rows(ingest: Ingest) -> dict[str, int]:
+    return {"successful_rows": ingest.successful_rows,
+            "quarantined_rows": ingest.quarantined_rows}
+
+
+def _allow_body(request: httputil.HTTPServerRequest, limit: int) -> None:
+    """Raise Tornado's body limit for this request (the server's is small: see cli.serve)."""
+    if isinstance(request.connection, HTTP1Connection):
+        request.connection.set_max_body_size(limit)
 
 
 #: Request-id records written after their 503 answer (IngestHandler.confirmed).
