@@ -42,8 +42,9 @@ DENIED_FUNCTIONS = frozenset({
     "file", "hascolumnintable", "sleep", "sleepeachrow", "globalvariable",
     "catboostevaluate", "modelevaluate", "getmacro", "showcertificate",
     "addresstoline", "addresstolinewithinlines", "addresstosymbol", "demangle",
-    "getclienthttpheader", "filesystemavailable", "filesystemfree", "filesystemcapacity",
-    "filesystemunreserved", "gethttpheader", "getserversetting", "getmergetreesetting",
+    "getclienthttpheader", "gethttpheader", "generateserialid", "reversednsquery",
+    "filesystemavailable", "filesystemfree", "filesystemcapacity", "filesystemunreserved",
+    "getserversetting", "getmergetreesetting",
 })
 _DENIED_PREFIXES = ("dict", "joinget", "__")
 
