@@ -239,3 +239,54 @@ def test_the_normalized_query_is_what_runs(gateway: GatewayProcess, tokens: dict
                         "WHERE tag = 'public') ORDER BY id", token).json()["data"]
     assert data == [{"name": "shown"}]
     assert os.path.exists(secrets_stored)
+
+
+# -- a read-only user on the server ----------------------------------------------------------
+
+
+def test_queries_can_run_as_a_read_only_server_user(clickhouse_server: Any,
+                                                    tmp_path: Path) -> None:
+    """TINYINGEST_CLICKHOUSE_QUERY_URL: queries connect as a user that cannot write, so
+    even a query the guard missed could change nothing."""
+    from conftest import GATEWAY_ENV, PROJECT_DIR, start_gateway
+    from tinyingest.sinks import SinkError
+    from tinyingest.sinks.clickhouse import ClickHouseSink
+
+    gateway = start_gateway("clickhouse", tmp_path / "gw", server=clickhouse_server)
+    database = (gateway.clickhouse_url or "").rsplit("/", 1)[1]
+    gateway.stop()
+    reader_url = clickhouse_server.reader_url(database)
+    reader = ClickHouseSink(reader_url)
+    try:
+        with pytest.raises(SinkError, match="readonly|Cannot execute query in readonly mode"):
+            reader.execute("CREATE TABLE written (x UInt8) ENGINE = Memory")
+    finally:
+        reader.close()
+    # The same database again, now with queries as the reader.
+    gateway = GatewayProcess(PROJECT_DIR, str(tmp_path / "gw2"),
+                             clickhouse_url=gateway.clickhouse_url,
+                             env={**GATEWAY_ENV, "TINYINGEST_CLICKHOUSE_QUERY_URL": reader_url})
+    gateway.start()
+    try:
+        body = ndjson([{"id": 7, "tag": "ro", "name": "n"}])
+        assert call(gateway, "POST", "/v0/events", params={"name": "events", "wait": "true"},
+                    body=body).status == 200
+        data = sql(gateway, "SELECT count() AS n FROM events WHERE tag = 'ro'",
+                   gateway.token).json()["data"]
+        assert data == [{"n": 1}]
+        pipe = call(gateway, "GET", "/v0/pipes/events_by_tag.json", params={"label": "ro"})
+        assert pipe.status == 200 and pipe.json()["data"] == [{"id": 7, "name": "n"}]
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()
+    # Queries do connect with that URL: with a wrong password they cannot run.
+    gateway = GatewayProcess(PROJECT_DIR, str(tmp_path / "gw3"),
+                             clickhouse_url=gateway.clickhouse_url,
+                             env={**GATEWAY_ENV, "TINYINGEST_CLICKHOUSE_QUERY_URL":
+                                  reader_url.replace("reader:reader@", "reader:wrong@")})
+    gateway.start()
+    try:
+        refused = sql(gateway, "SELECT 1 AS n", gateway.token)
+        assert refused.status == 503 and "reader" not in refused.json()["error"], refused.body
+        assert "Wrong password" in gateway.log_tail()
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()

@@ -32,12 +32,14 @@ log = logging.getLogger("tinyingest")
 _BACKLOG = 4096
 
 
-def make_sink(settings: Settings) -> Sink:
+def make_sink(settings: Settings, *, for_queries: bool = False) -> Sink:
     if settings.clickhouse_url:
         from tinyingest.sinks.clickhouse import ClickHouseSink
 
-        return ClickHouseSink(settings.clickhouse_url,
-                              send_receive_timeout=settings.clickhouse_timeout)
+        url = settings.clickhouse_url
+        if for_queries and settings.clickhouse_query_url:
+            url = settings.clickhouse_query_url
+        return ClickHouseSink(url, send_receive_timeout=settings.clickhouse_timeout)
     try:
         from tinyingest.sinks.embedded import EmbeddedSink
     except ImportError as exc:
@@ -69,7 +71,8 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     spool_dir = "spool" if worker is None else f"spool-{worker}"
     # Queries get connections of their own on a server, and inserts more than one; chDB is
     # one engine per process.
-    readers = [make_sink(settings) for _ in range(settings.query_connections)] \
+    readers = [make_sink(settings, for_queries=True)
+               for _ in range(settings.query_connections)] \
         if settings.clickhouse_url else []
     insert_sinks = [make_sink(settings) for _ in range(settings.insert_connections - 1)] \
         if settings.clickhouse_url else []

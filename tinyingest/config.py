@@ -28,6 +28,9 @@ class Settings:
     port: int = 7181  # Tinybird Local's port
     #: ``clickhouse://user:password@host:9000/db``; None: the embedded engine (chDB).
     clickhouse_url: str | None = None
+    #: Endpoint and /v0/sql queries connect with this URL (a read-only user, say) instead
+    #: of ``clickhouse_url``; the gateway still sends ``readonly=1`` with every query.
+    clickhouse_query_url: str | None = None
     data_dir: str = "./.tinyingest"
     #: TINYINGEST_ADMIN_TOKEN; None: generated on first start and kept in data_dir.
     admin_token: str | None = None
@@ -80,6 +83,7 @@ class Settings:
         """Defaults, then ``TINYINGEST_*`` variables, then ``overrides`` (not None)."""
         values: dict[str, object] = {
             "admin_token": os.environ.get("TINYINGEST_ADMIN_TOKEN") or None,
+            "clickhouse_query_url": os.environ.get("TINYINGEST_CLICKHOUSE_QUERY_URL") or None,
             "max_body_bytes": _env_int("TINYINGEST_MAX_BODY_BYTES", cls.max_body_bytes),
             "max_buffered_body_bytes": _env_int("TINYINGEST_MAX_BUFFERED_BODY_BYTES",
                                                 cls.max_buffered_body_bytes),

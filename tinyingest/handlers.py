@@ -65,6 +65,10 @@ from tinyingest.template import TemplateError
 
 log = logging.getLogger("tinyingest.http")
 
+#: ClickHouse refused the gateway's own credentials (UNKNOWN_USER, WRONG_PASSWORD,
+#: REQUIRED_PASSWORD, AUTHENTICATION_FAILED): a 503 for the caller, not their error.
+_CONNECTION_REFUSED_CODES = frozenset({192, 193, 194, 516})
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -947,6 +951,12 @@ class QueryHandler(BaseHandler):
                 raise APIError(400, f"result too large: more than {limits.max_rows} rows, the "
                                     f"limit set by {limits.max_rows_origin}; filter or add a "
                                     f"LIMIT ({error})") from None
+            if error.code is None or error.code in _CONNECTION_REFUSED_CODES:
+                # The gateway's connection failed, not the caller's query: say so, and
+                # keep the server's words for the log.
+                log.warning("query connection to ClickHouse failed: %s", error)
+                raise APIError(503, "ClickHouse is not available for queries",
+                               {"Retry-After": "1"}) from None
             raise APIError(400, str(error)) from None
         finally:
             self._running = None

@@ -68,6 +68,11 @@ _USERS = """<?xml version="1.0"?>
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
         </default>
+        <!-- 2: reads only, but the gateway may still set its limits per query -->
+        <reader>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <readonly>2</readonly>
+        </reader>
     </profiles>
     <users>
         <default>
@@ -76,6 +81,12 @@ _USERS = """<?xml version="1.0"?>
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <reader>
+            <password>reader</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>reader</profile>
+            <quota>default</quota>
+        </reader>
     </users>
     <quotas>
         <default>
@@ -147,6 +158,10 @@ class ClickHouseServer:
     def url(self) -> str:
         """``clickhouse://default:@127.0.0.1:<tcp_port>/default``, for ClickHouseSink."""
         return f"clickhouse://default:@127.0.0.1:{self._tcp_port}/default"
+
+    def reader_url(self, database: str = "default") -> str:
+        """The same server as user ``reader`` (profile ``readonly=2``: reads only)."""
+        return f"clickhouse://reader:reader@127.0.0.1:{self._tcp_port}/{database}"
 
     @property
     def pid(self) -> int | None:
