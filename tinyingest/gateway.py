@@ -227,6 +227,9 @@ class Gateway:
         self._all_tables = frozenset(self.readable_tables(None))
         for pipe in self.project.pipes.values():
             check_pipe(pipe, self.readable_tables(None), pipes=self.project.pipes)
+        # Start the parser now: a first query should not wait for it (nor a broken chDB
+        # install go unnoticed until then).
+        self.guard.check("SELECT 1")
         await self.writer.run(functools.partial(self._create_views, database))
         log.info("parser: %s; backend: %s (%s); data sources: %s", parser.IMPLEMENTATION,
                  self.sink.name, self.sink, ", ".join(sorted(self.tables)) or "none")
