@@ -208,6 +208,12 @@ def test_sql_reads_pipes_as_tables_and_honours_format(gateway: GatewayProcess, t
     raw = call(gateway, "POST", "/v0/sql", body=b"SELECT 1 AS one FORMAT JSON",
                headers={"Content-Type": "text/plain"})
     assert raw.json()["data"] == [{"one": 1}]
+    # As curl -d sends it (a form content type, the SQL itself as the body).
+    for body in [b"SELECT 1 AS one", b"SELECT 'a&b=c' AS one", b"SELECT 1 AS one FORMAT JSON"]:
+        curl = call(gateway, "POST", "/v0/sql", body=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert curl.status == 200, curl.body
+        assert curl.json()["data"] == [{"one": 1 if b"1" in body else "a&b=c"}]
 
 
 def test_pipe_row_cap_is_an_error_naming_the_cap(gateway: GatewayProcess, tag: str) -> None:

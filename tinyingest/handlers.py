@@ -1033,7 +1033,9 @@ class SQLHandler(QueryHandler):
                                 "DATASOURCES:READ or PIPES:READ on a resource")
         params = self.request_params()
         q = params.pop("q", None)
-        if q is None and self.request.method == "POST" and not self.request.body_arguments:
+        if q is None and self.request.method == "POST":
+            # The SQL as the body, whatever its Content-Type: curl -d sends it as a form,
+            # which Tornado reads as a field named after the query.
             q = self.request.body.decode("utf-8", "replace")
         if isinstance(q, list):
             q = q[-1]
