@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GATEWAY_ENV, PROJECT_DIR, start_gateway
-from gatewayclient import call, sql
+from gatewayclient import Response, call, sql
 from tinyingest.testing import ClickHouseServer, GatewayProcess
 
 
@@ -419,3 +419,30 @@ def test_wait_true_during_an_outage_answers_503_within_the_timeout_on_every_work
     # The promise is "within the timeout"; the slack is for a loaded 2-core machine.
     assert max(elapsed for _, elapsed, _ in answers) < timeout + 1.5, answers
     assert not accepted.acked - stored
+
+
+def test_readyz_says_when_clickhouse_is_down_and_healthz_stays_up(
+        private_server: ClickHouseServer, tmp_path: Path) -> None:
+    """Readiness (``/readyz``) follows ClickHouse; liveness (``/healthz``) does not: a
+    gateway whose ClickHouse is away still spools what it accepts."""
+    gateway = start_gateway("clickhouse", tmp_path, server=private_server)
+
+    def ready_status(expected: int) -> Response:
+        deadline = time.monotonic() + 30
+        while True:
+            response = call(gateway, "GET", "/readyz", token=None, timeout=30)
+            if response.status == expected or time.monotonic() > deadline:
+                return response
+            time.sleep(0.2)
+
+    try:
+        assert ready_status(200).json()["status"] == "ready"
+        private_server.kill()
+        down = ready_status(503)
+        assert down.status == 503 and down.headers.get("retry-after"), down.body
+        assert "ClickHouse" in down.json()["error"]
+        assert call(gateway, "GET", "/healthz", token=None).status == 200
+        private_server.restart()
+        assert ready_status(200).status == 200
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()

@@ -243,6 +243,8 @@ def test_sql_is_read_only(gateway: GatewayProcess) -> None:
 def test_health_and_metrics(gateway: GatewayProcess) -> None:
     health = call(gateway, "GET", "/healthz", token=None).json()
     assert health["status"] == "ok" and health["parser"] == parser.IMPLEMENTATION
+    ready = call(gateway, "GET", "/readyz", token=None)
+    assert ready.status == 200 and ready.json()["backend"] == health["backend"]
     metrics = call(gateway, "GET", "/metrics", token=None)
     assert b"tinyingest_rows_total" in metrics.body
 

@@ -80,6 +80,10 @@ class Table:
     small_bodies: SmallBodies | None = None
 
 
+#: Seconds a readiness probe (``SELECT 1``) may take before ClickHouse counts as down.
+_PROBE_TIMEOUT = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class QueryLimits:
     """What one endpoint or ``/v0/sql`` query may take, and where each limit is set
@@ -183,6 +187,8 @@ class Gateway:
         self.active_requests = 0  # ingest requests being received or answered
         #: Queries handed to a sink and not yet back (queued for a connection, or running).
         self.queries_in_flight = 0
+        self._probe: asyncio.Future[QueryResult] | None = None  # see unready()
+        self._probe_started = 0.0
         # Cancels have threads of their own: a busy default executor must not delay them.
         self._cancels = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="tinyingest-cancel")
@@ -365,6 +371,24 @@ class Gateway:
             return await self.writer.run(run)
         finally:
             self.queries_in_flight -= 1
+
+    async def unready(self) -> str | None:
+        """Why this gateway should not get traffic now (draining, ClickHouse not
+        answering), or None. At most one probe runs at a time; its answer holds 1 s."""
+        if self.draining:
+            return "draining: the gateway is stopping"
+        now = time.monotonic()
+        if self._probe is None or (self._probe.done() and now - self._probe_started > 1.0):
+            self._probe_started = now
+            self._probe = asyncio.ensure_future(
+                self.query("SELECT 1", QueryLimits(_PROBE_TIMEOUT, 1)))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), _PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"ClickHouse did not answer within {_PROBE_TIMEOUT:g} s"
+        except SinkError as exc:
+            return f"ClickHouse: {exc}"
+        return None
 
     async def cancel(self, running: RunningQuery) -> None:
         """Stop a query whose client went away (ClickHouse would run it on for minutes):

@@ -1200,6 +1200,20 @@ class HealthHandler(BaseHandler):
                              "spool_bytes": self.gateway.spool.bytes_on_disk})
 
 
+class ReadyHandler(BaseHandler):
+    """``/readyz``: 200 when the gateway can store and query now, 503 with the reason if
+    not (ClickHouse down, draining). ``/healthz`` stays the liveness answer: a gateway
+    whose ClickHouse is away still accepts rows into its spool."""
+
+    async def get(self) -> None:
+        reason = await self.gateway.unready()
+        if reason is None:
+            self.send_json(200, {"status": "ready", "backend": self.gateway.sink.name})
+        else:
+            self.set_header("Retry-After", "1")
+            self.send_json(503, {"status": "unready", "error": reason})
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         self.send_api_error(APIError(404, f"not found: {self.request.path}"))

@@ -29,6 +29,7 @@ def make_app(gateway: Gateway, authorizer: Authorizer) -> web.Application:
             (r"/v0/pipes/([^/.]+)", handlers.PipesHandler, shared),
             (r"/v0/tokens", handlers.TokensHandler, shared),
             (r"/healthz", handlers.HealthHandler, shared),
+            (r"/readyz", handlers.ReadyHandler, shared),
             (r"/metrics", metrics.MetricsHandler),
         ],
         default_handler_class=handlers.NotFoundHandler,
