@@ -8,7 +8,8 @@ import asyncio
 import glob
 import logging
 import os
-import uuid
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from conftest import start_gateway
+from conftest import PROJECT_DIR, start_gateway
 from gatewayclient import call
 from tinyingest import handlers
 from tinyingest.testing import ClickHouseServer, GatewayProcess
@@ -143,3 +144,51 @@ def test_engine_errors_keep_the_message_and_hide_paths(
     error_id = message.rsplit("error id ", 1)[1].rstrip(")")
     logged = [line for line in gateway.log_tail(100_000).splitlines() if error_id in line]
     assert logged and private[0] in logged[0]  # the whole message is in the log
+
+
+# -- weak admin tokens ------------------------------------------------------------------------
+
+REPO = Path(__file__).parent.parent
+
+
+def _deploy_env() -> dict[str, str]:
+    lines = (REPO / "deploy" / "tinyingest.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("token", ["change-me", "Zq8-short-but-random", "a" * 40,
+                                   "change-me-change-me-change-me-change-me", "secret" * 6])
+def test_a_weak_admin_token_is_refused_at_start(tmp_path: Path, token: str) -> None:
+    gateway = GatewayProcess(PROJECT_DIR, str(tmp_path / "data"), token=token,
+                             startup_timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            gateway.start()
+    finally:
+        gateway.stop()
+    log = gateway.log_tail()
+    assert "refusing the admin token from TINYINGEST_ADMIN_TOKEN" in log
+    assert "tinyingest token" in log and token not in log
+
+
+def test_a_weak_stored_admin_token_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "admin_token").write_text("change-me\n")
+    gateway = GatewayProcess(PROJECT_DIR, str(tmp_path / "data"), env={
+        "TINYINGEST_ADMIN_TOKEN": ""}, startup_timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            gateway.start()
+    finally:
+        gateway.stop()
+    assert "refusing the admin token from" in gateway.log_tail()
+
+
+def test_the_deploy_env_ships_no_usable_token_and_says_how_to_make_one(tmp_path: Path) -> None:
+    assert not _deploy_env().get("TINYINGEST_ADMIN_TOKEN")
+    assert "tinyingest token" in (REPO / "deploy" / "tinyingest.env").read_text()
+    made = subprocess.run([sys.executable, "-m", "tinyingest", "token"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    with GatewayProcess(PROJECT_DIR, str(tmp_path / "data"), token=made) as gateway:
+        assert call(gateway, "GET", "/v0/datasources").status == 200
+
