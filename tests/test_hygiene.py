@@ -192,3 +192,37 @@ def test_the_deploy_env_ships_no_usable_token_and_says_how_to_make_one(tmp_path:
     with GatewayProcess(PROJECT_DIR, str(tmp_path / "data"), token=made) as gateway:
         assert call(gateway, "GET", "/v0/datasources").status == 200
 
+
+# -- file modes -------------------------------------------------------------------------------
+
+
+def test_the_data_dir_is_private(backend: str, tmp_path: Path,
+                                 request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("clickhouse_server") if backend == "clickhouse" else None
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)  # made before, open to all: closed at start
+    os.chmod(data_dir, 0o755)
+    gateway = start_gateway(backend, data_dir, server=server,
+                            env={"TINYINGEST_FLUSH_INTERVAL": "30"})  # rows stay spooled
+    try:
+        answer = call(gateway, "POST", "/v0/events", params={"name": "events"},
+                      body=b'{"id": 1, "tag": "private"}\n')
+        assert answer.status == 202, answer.body
+        if backend == "embedded":  # the engine's own files, once it has rows
+            answer = call(gateway, "POST", "/v0/datasources", body=b"t,1,x,1.5,2026-12-04\n",
+                          params={"name": "table", "mode": "append", "format": "csv"})
+            assert answer.status == 200, answer.body
+        spooled = [p for p in (data_dir / "spool").rglob("*") if p.is_file()]
+        assert spooled
+        assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
+        opened = [f"{oct(p.stat().st_mode & 0o777)} {p}" for p in data_dir.rglob("*")
+                  if p.name != "gateway.log"  # the test's own file
+                  and p.stat().st_mode & 0o077]
+        assert not opened, "\n".join(opened[:20])
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(params=["clickhouse", "embedded"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

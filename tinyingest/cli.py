@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--workers > 1 needs --clickhouse: the embedded engine lives in one process",
               file=sys.stderr)
         return 2
+    _private_data_dir(settings.data_dir)
     try:  # raised before anything starts (serve and supervise load the token first)
         if args.workers > 1:
             return supervise(settings, args.workers)
@@ -155,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     except WeakAdminToken as exc:
         print(f"tinyingest: {exc}", file=sys.stderr)
         return 2
+
+
+def _private_data_dir(path: str) -> None:
+    """The data dir holds tokens, spooled rows and the embedded engine's tables: nobody
+    else's to read. Everything this process creates is 0600 / 0700 (chDB's files too:
+    it runs in this process), and a dir made before, by an older version or by hand, is
+    closed."""
+    os.umask(0o077)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _tune_gc() -> None:
