@@ -8,8 +8,10 @@ import asyncio
 import glob
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +228,52 @@ def test_the_data_dir_is_private(backend: str, tmp_path: Path,
 @pytest.fixture(params=["clickhouse", "embedded"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+# -- X-Request-Id -----------------------------------------------------------------------------
+
+
+def test_a_60_kb_request_id_is_refused_and_not_kept(gateway: GatewayProcess) -> None:
+    # Already refused on main (MAX_REQUEST_ID_BYTES): kept as a regression test.
+    tag = uuid.uuid4().hex
+    huge = tag + "x" * (60 << 10)
+    for params in ({"name": "events"}, {"name": "events", "wait": "true"}):
+        refused = call(gateway, "POST", "/v0/events", params=params,
+                       headers={"X-Request-Id": huge},
+                       body=b'{"id": 1, "tag": "%s"}\n' % tag.encode())
+        assert refused.status == 400, refused.body
+    refused = call(gateway, "POST", "/v0/datasources", headers={"X-Request-Id": huge},
+                   params={"name": "table", "mode": "append"}, body=b"t,1,x,1.5,2026-12-04\n")
+    assert refused.status == 400, refused.body
+    rows = call(gateway, "GET", "/v0/sql", params={
+        "q": f"SELECT count() AS n FROM events WHERE tag = '{tag}'"}).json()["data"]
+    assert int(rows[0]["n"]) == 0
+
+
+def test_a_request_id_of_a_token_named_as_another_is_not_a_replay(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # A datafile token named "admin token", as the admin token is: ids are kept per
+    # token, so its request must not be answered with the admin's recorded answer.
+    server = request.getfixturevalue("clickhouse_server") if backend == "clickhouse" else None
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_DIR, project)
+    datasource = project / "datasources" / "events.datasource"
+    datasource.write_text(datasource.read_text().replace(
+        'TOKEN "events_append" APPEND', 'TOKEN "events_append" APPEND\nTOKEN "admin token" APPEND'))
+    gateway = start_gateway(backend, tmp_path / "data", server=server, project_dir=str(project))
+    try:
+        namesake = next(t["token"] for t in call(gateway, "GET", "/v0/tokens").json()["tokens"]
+                        if t["name"] == "admin token" and t["token"] != gateway.token)
+        tag = uuid.uuid4().hex
+        body = b"".join(b'{"id": %d, "tag": "%s"}\n' % (i, tag.encode()) for i in range(5))
+        answers = [call(gateway, "POST", "/v0/events", body=body, token=token,
+                        params={"name": "events", "wait": "true"},
+                        headers={"X-Request-Id": f"shared-{tag}"})
+                   for token in ("admin", namesake)]
+        assert [a.status for a in answers] == [200, 200], [a.body for a in answers]
+        assert "x-idempotent-replay" not in answers[1].headers
+        rows = call(gateway, "GET", "/v0/sql", params={
+            "q": f"SELECT count() AS n FROM events WHERE tag = '{tag}'"}).json()["data"]
+        assert int(rows[0]["n"]) == 10
+    finally:
+        gateway.stop()

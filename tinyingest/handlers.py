@@ -13,6 +13,7 @@ import csv
 import datetime
 import decimal
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -316,7 +317,10 @@ class IngestHandler(BaseHandler):
             raise APIError(400, f"X-Request-Id (or batch_id) is longer than "
                                 f"{MAX_REQUEST_ID_BYTES} bytes")
         # Per token and endpoint: another client's id never replays this one's answer.
-        scope = f"{token.name}:{type(self).__name__}:{table.datasource.name}"
+        # By the token's value, not its name alone: a datafile may name a token as the
+        # admin token is named.
+        holder = hashlib.sha256(token.value.encode()).hexdigest()[:16]
+        scope = f"{token.name}#{holder}:{type(self).__name__}:{table.datasource.name}"
         previous = self.gateway.recent_requests.begin(scope, request_id)
         if previous is None:
             raise APIError(409, f"request {request_id} is still being processed",
