@@ -15,9 +15,9 @@ import pytest
 
 from gatewayclient import call, ndjson
 from tinyingest.auth import InvalidToken, decode_jwt, encode_jwt
-from tinyingest.testing import GatewayProcess
+from tinyingest.testing import TEST_ADMIN_TOKEN, GatewayProcess
 
-SECRET = "test-admin-token"
+SECRET = TEST_ADMIN_TOKEN
 
 
 def b64(data: bytes) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PROJECT_DIR, start_gateway
 from gatewayclient import call, ndjson, sql
-from tinyingest.testing import ClickHouseServer, GatewayProcess
+from tinyingest.testing import TEST_ADMIN_TOKEN, ClickHouseServer, GatewayProcess
 
 BACKENDS = ["clickhouse", "embedded"]
 
@@ -62,7 +62,7 @@ def test_admin_token_is_generated_once_and_kept(tmp_path: Path) -> None:
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
         assert token in first.log_tail()  # printed once, on creation
         assert call(first, "GET", "/v0/datasources", token=token).status == 200
-        assert call(first, "GET", "/v0/datasources", token="test-admin-token").status == 403
+        assert call(first, "GET", "/v0/datasources", token=TEST_ADMIN_TOKEN).status == 403
     with GatewayProcess(PROJECT_DIR, str(data_dir), env=env) as second:
         assert token_file.read_text().strip() == token
         assert call(second, "GET", "/v0/datasources", params={"token": token},
@@ -137,7 +137,7 @@ def test_gateway_without_chdb_explains_how_to_install(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script, "serve", "--project", PROJECT_DIR,
                              "--data-dir", str(tmp_path), "--port", "0"],
                             capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "TINYINGEST_ADMIN_TOKEN": "x"})
+                            env={**os.environ, "TINYINGEST_ADMIN_TOKEN": TEST_ADMIN_TOKEN})
     assert result.returncode != 0
     assert "tinyingest[embedded]" in result.stderr
 

@@ -27,7 +27,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import collections
 import json
+import math
 import os
 import secrets
 import time
@@ -85,15 +87,57 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def new_token() -> str:
+    """A token value: 256 random bits (``tinyingest token`` prints one)."""
+    return "p." + secrets.token_urlsafe(32)
+
+
+#: The admin token grants everything and signs JWTs: shorter ones are refused at start.
+MIN_ADMIN_TOKEN_CHARS = 32
+#: Bits a token's characters must carry, estimated from their frequencies: a random hex
+#: token of 32 characters has about 115, ``new_token()`` about 220.
+MIN_ADMIN_TOKEN_BITS = 80
+#: Words of example and placeholder values (compared lowercased, letters and digits only).
+_PLACEHOLDERS = ("changeme", "replaceme", "password", "secret", "example", "placeholder",
+                 "yourtoken", "xxxxxxxx")
+
+
+class WeakAdminToken(ValueError):
+    """The configured admin token could be guessed (the message says why, not the token)."""
+
+
+def check_admin_token(token: str, origin: str) -> None:
+    """Raise :class:`WeakAdminToken` for a placeholder, short or repetitive token."""
+    reason = None
+    letters = "".join(c for c in token.lower() if c.isalnum())
+    counts = collections.Counter(token)
+    bits = -sum(n * math.log2(n / len(token)) for n in counts.values())
+    if any(word in letters for word in _PLACEHOLDERS):
+        reason = "it is a placeholder"
+    elif len(token) < MIN_ADMIN_TOKEN_CHARS:
+        reason = f"it is shorter than {MIN_ADMIN_TOKEN_CHARS} characters"
+    elif bits < MIN_ADMIN_TOKEN_BITS:
+        reason = "its characters repeat too much to be random"
+    if reason is not None:
+        raise WeakAdminToken(
+            f"refusing the admin token from {origin}: {reason}. Generate one with "
+            "`tinyingest token`, or unset TINYINGEST_ADMIN_TOKEN to have one generated "
+            "in the data directory")
+
+
 def load_admin_token(configured: str | None, data_dir: str) -> tuple[str, bool]:
-    """The admin token, and whether it was generated just now (to print it once)."""
+    """The admin token, and whether it was generated just now (to print it once).
+    :raises WeakAdminToken: the configured or stored one could be guessed."""
     if configured:
+        check_admin_token(configured, "TINYINGEST_ADMIN_TOKEN")
         return configured, False
     path = Path(data_dir) / "admin_token"
     if path.exists():
-        return path.read_text().strip(), False
+        token = path.read_text().strip()
+        check_admin_token(token, str(path))
+        return token, False
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = "p." + secrets.token_urlsafe(32)
+    token = new_token()
     _write_private(path, token + "\n")
     return token, True
 
@@ -112,7 +156,7 @@ def project_tokens(project: Project, data_dir: str) -> list[Token]:
     values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     if any(name not in values for name in scopes):
         for name in scopes:
-            values.setdefault(name, "p." + secrets.token_urlsafe(32))
+            values.setdefault(name, new_token())
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_private(path, json.dumps(values, indent=1))
     return [Token(name, values[name], frozenset(kinds)) for name, kinds in sorted(scopes.items())]

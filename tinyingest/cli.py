@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from tinyingest import __version__
-from tinyingest.auth import load_admin_token, project_tokens
+from tinyingest.auth import WeakAdminToken, load_admin_token, new_token, project_tokens
 from tinyingest.config import Settings
 from tinyingest.datafiles import DatafileError, load_project, write_example_project
 
@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="processes sharing the port (needs --clickhouse when > 1)")
     init = commands.add_parser("init", help="write an example project")
     init.add_argument("directory")
+    commands.add_parser("token", help="print a new random token (for TINYINGEST_ADMIN_TOKEN)")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        print(new_token())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "init":
         try:
@@ -145,14 +149,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = Settings.from_env(project_dir=args.project, host=args.host, port=args.port,
                                  clickhouse_url=args.clickhouse, data_dir=args.data_dir)
-    if args.workers > 1:
-        if not settings.clickhouse_url:
-            print("--workers > 1 needs --clickhouse: the embedded engine lives in one process",
-                  file=sys.stderr)
-            return 2
-        return supervise(settings, args.workers)
-    _install_uvloop()
-    return asyncio.run(serve(settings))
+    if args.workers > 1 and not settings.clickhouse_url:
+        print("--workers > 1 needs --clickhouse: the embedded engine lives in one process",
+              file=sys.stderr)
+        return 2
+    _private_data_dir(settings.data_dir)
+    try:  # raised before anything starts (serve and supervise load the token first)
+        if args.workers > 1:
+            return supervise(settings, args.workers)
+        _install_uvloop()
+        return asyncio.run(serve(settings))
+    except WeakAdminToken as exc:
+        print(f"tinyingest: {exc}", file=sys.stderr)
+        return 2
+
+
+def _private_data_dir(path: str) -> None:
+    """The data dir holds tokens, spooled rows and the embedded engine's tables: nobody
+    else's to read. Everything this process creates is 0600 / 0700 (chDB's files too:
+    it runs in this process), and a dir made before, by an older version or by hand, is
+    closed."""
+    os.umask(0o077)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _tune_gc() -> None:

@@ -13,6 +13,7 @@ import csv
 import datetime
 import decimal
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -59,6 +60,7 @@ from tinyingest.limits import feed_pieces
 from tinyingest.multipart import MultipartReader, parse_boundary
 from tinyingest.schema import SchemaError
 from tinyingest.pipes import CompiledQuery, apply_q, pipe_parameters
+from tinyingest.redact import new_error_id, public_message, request_summary
 from tinyingest.sinks import QueryResult, SinkError
 from tinyingest.spool import SpoolFull
 from tinyingest.template import TemplateError
@@ -149,15 +151,30 @@ class BaseHandler(web.RequestHandler):
             self.set_header(name, value)
         self.send_json(error.status, {"error": error.message})
 
+    _error_id: str | None = None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # Tornado's own errors (405, 500, malformed requests) in the same JSON shape.
+        # Tornado's own errors (405, 500, malformed requests) in the same JSON shape; an
+        # uncaught exception's details stay in the log, under the id the client gets.
+        message = self._reason if self._error_id is None else \
+            f"{self._reason} (error id {self._error_id})"
         self.set_header("Content-Type", "application/json")
-        self.finish(_to_json({"error": self._reason}))
+        self.finish(_to_json({"error": message}))
+
+    def _request_summary(self) -> str:
+        # Tornado names the request with this in every log line it writes about one.
+        return request_summary(self.request)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, APIError):
             return
-        super().log_exception(typ, value, tb)
+        if isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)  # one warning line, no traceback
+            return
+        # Not Tornado's: its line repeats the request's unredacted URI.
+        self._error_id = new_error_id()
+        app_log.error("Uncaught exception %s (error id %s)", self._request_summary(),
+                      self._error_id, exc_info=(typ, value, tb))
 
     async def _handle(self, coro: Any) -> None:
         try:
@@ -168,7 +185,21 @@ class BaseHandler(web.RequestHandler):
             self.send_api_error(APIError(error.status, str(error), {"Retry-After": "5"}))
         except SinkError as error:
             log.warning("ClickHouse error: %s", error)
-            self.send_api_error(APIError(503, f"ClickHouse error: {error}", {"Retry-After": "1"}))
+            self.send_api_error(APIError(503, f"ClickHouse error: {engine_message(error)}",
+                                         {"Retry-After": "1"}))
+
+
+def engine_message(error: SinkError) -> str:
+    """ClickHouse's message for the client: what it says about the SQL or the rows,
+    without paths or stack traces; when something was cut, the whole is logged under an
+    id the message names."""
+    full = str(error)
+    public = public_message(full)
+    if public == full:
+        return full
+    error_id = new_error_id()
+    log.warning("ClickHouse error (error id %s): %s", error_id, full)
+    return f"{public} (error id {error_id})"
 
 
 def _json_value(value: Any) -> Any:
@@ -295,7 +326,10 @@ class IngestHandler(BaseHandler):
             raise APIError(400, f"X-Request-Id (or batch_id) is longer than "
                                 f"{MAX_REQUEST_ID_BYTES} bytes")
         # Per token and endpoint: another client's id never replays this one's answer.
-        scope = f"{token.name}:{type(self).__name__}:{table.datasource.name}"
+        # By the token's value, not its name alone: a datafile may name a token as the
+        # admin token is named.
+        holder = hashlib.sha256(token.value.encode()).hexdigest()[:16]
+        scope = f"{token.name}#{holder}:{type(self).__name__}:{table.datasource.name}"
         previous = self.gateway.recent_requests.begin(scope, request_id)
         if previous is None:
             raise APIError(409, f"request {request_id} is still being processed",
@@ -605,9 +639,10 @@ class _LeanRequest(httputil.HTTPMessageDelegate):
             # Blocks of this request spooled before this point are still delivered.
             self._answer(exc.status, {"error": str(exc)}, {"Retry-After": "5"})
         else:
-            app_log.error("Uncaught exception %s %s", self.request.method, self.request.uri,
-                          exc_info=exc)
-            self._answer(500, {"error": responses[500]})
+            error_id = new_error_id()  # as BaseHandler.log_exception / write_error
+            app_log.error("Uncaught exception %s (error id %s)", request_summary(self.request),
+                          error_id, exc_info=exc)
+            self._answer(500, {"error": f"{responses[500]} (error id {error_id})"})
 
     def _answer(self, status: int, body: Any, extra: dict[str, str] | None = None) -> None:
         self.answered = True
@@ -916,7 +951,7 @@ class QueryHandler(BaseHandler):
         if self.request.method == "POST" and content_type.startswith("application/json"):
             try:
                 body = json.loads(self.request.body or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise APIError(400, "the body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise APIError(400, "the JSON body must be an object of parameters")
@@ -946,18 +981,18 @@ class QueryHandler(BaseHandler):
             if error.code == 159:  # TIMEOUT_EXCEEDED
                 raise APIError(408, f"query timeout: the query ran longer than {limits.timeout:g}"
                                     f" s, the limit set by {limits.timeout_origin} "
-                                    f"({error})") from None
+                                    f"({engine_message(error)})") from None
             if error.code == 396:  # TOO_MANY_ROWS_OR_BYTES: only max_result_rows is set
                 raise APIError(400, f"result too large: more than {limits.max_rows} rows, the "
                                     f"limit set by {limits.max_rows_origin}; filter or add a "
-                                    f"LIMIT ({error})") from None
+                                    f"LIMIT ({engine_message(error)})") from None
             if error.code is None or error.code in _CONNECTION_REFUSED_CODES:
                 # The gateway's connection failed, not the caller's query: say so, and
                 # keep the server's words for the log.
                 log.warning("query connection to ClickHouse failed: %s", error)
                 raise APIError(503, "ClickHouse is not available for queries",
                                {"Retry-After": "1"}) from None
-            raise APIError(400, str(error)) from None
+            raise APIError(400, engine_message(error)) from None
         finally:
             self._running = None
         if self._finished or self._client_gone:

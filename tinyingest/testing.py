@@ -339,6 +339,10 @@ class ClickHouseServer:
         self.stop()
 
 
+#: The admin token of the gateways the tests start (long and random enough to be accepted).
+TEST_ADMIN_TOKEN = "test-admin-token-9f3c61d2e8b74a05c1f6e9a2d7b3"
+
+
 class GatewayProcess:
     """``tinyingest serve`` as a child process on a free loopback port.
 
@@ -355,7 +359,7 @@ class GatewayProcess:
     """
 
     def __init__(self, project_dir: str, data_dir: str, *, clickhouse_url: str | None = None,
-                 env: dict[str, str] | None = None, token: str = "test-admin-token",
+                 env: dict[str, str] | None = None, token: str = TEST_ADMIN_TOKEN,
                  startup_timeout: float = 60.0, args: list[str] | None = None) -> None:
         self.project_dir = project_dir
         self.data_dir = data_dir
