@@ -228,3 +228,20 @@ def test_a_crash_during_compaction_loses_and_repeats_nothing(
     assert tags[:len(kept)] == kept  # every unacknowledged record, none acknowledged
     assert len(tags) - len(kept) <= 10  # the unacknowledged ones of the crashed round
     assert not any(tmp_path.glob("*.compact"))
+
+
+def test_acks_during_replay_do_not_delete_the_segment_being_read(tmp_path: Path) -> None:
+    """The gateway awaits deliveries while it replays, so records are acknowledged before
+    the rest of their segment is read: that segment is not deleted nor compacted then."""
+    spool = Spool(str(tmp_path))
+    list(spool.replay())
+    for i in range(50):
+        spool.append("t", block(i, size=1000))
+    # A crash, then a restart whose every replayed record is stored at once, and a crash
+    # after ten of them.
+    restarted = Spool(str(tmp_path), max_bytes=LIMIT // 4)
+    for count, (record, _, _) in enumerate(restarted.replay(), 1):
+        restarted.ack([record])
+        if count == 10:
+            break
+    assert [blk.payloads[0][0] for _, blk in replayed(tmp_path)] == list(range(10, 50))

@@ -152,6 +152,10 @@ class Spool:
         self._segment_bytes = max(_MIN_SEGMENT_BYTES, min(_SEGMENT_BYTES, max_bytes // 4))
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
+        #: The segment replay() is reading: acks of its records may arrive meanwhile (the
+        #: caller awaits deliveries between records), yet it is neither deleted nor
+        #: compacted until read whole.
+        self._reading: _Segment | None = None
         self._fd = -1
         self._ack_fd = -1
         self._bytes = 0  # the segments' .log sizes, summed
@@ -186,6 +190,7 @@ class Spool:
         for number in numbers:
             segment = _Segment(number)
             self._segments[number] = segment
+            self._reading = segment
             acked = self._read_acks(number)
             path = self._log_path(number)
             data = path.read_bytes()
@@ -211,6 +216,7 @@ class Spool:
                 os.truncate(path, pos)
             segment.size = pos
             self._bytes += pos
+            self._reading = None
             self._maybe_delete(segment)
 
     def _read_acks(self, number: int) -> set[int]:
@@ -322,7 +328,7 @@ class Spool:
 
     def _maybe_delete(self, segment: _Segment) -> bool:
         """Delete a segment that is not being written and has nothing left to replay."""
-        if segment is self._active or segment.pending:
+        if segment is self._active or segment is self._reading or segment.pending:
             return False
         self._log_path(segment.number).unlink(missing_ok=True)
         self._ack_path(segment.number).unlink(missing_ok=True)
@@ -334,7 +340,8 @@ class Spool:
         """Compact a closed segment at least half acknowledged, while the files hold more
         than the limit (see the module docstring); each compaction at least halves the
         file, so the bytes copied never exceed the bytes appended."""
-        if (segment is self._active or not segment.pending or segment.live * 2 > segment.size
+        if (segment is self._active or segment is self._reading or not segment.pending
+                or segment.live * 2 > segment.size
                 or self._bytes <= self.max_bytes or segment.number not in self._segments):
             return
         path = self._log_path(segment.number)
