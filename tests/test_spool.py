@@ -115,3 +115,133 @@ def test_disk_full_refuses_with_507_and_leaves_no_torn_record(tiny_disk: Path) -
     assert refused.value.status == 507
     spool.close()
     assert len(replayed(tiny_disk / "spool")) == stored > 0
+
+
+# -- the limit counts unacknowledged bytes; acknowledged ones leave the disk ------------
+
+LIMIT = 64 << 10
+
+
+def disk_usage(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir())
+
+
+def test_acknowledged_records_do_not_count_against_the_limit(tmp_path: Path) -> None:
+    """Far more than the limit in total, each record confirmed before the next: never
+    full, and the files stay within a few times the limit."""
+    spool = Spool(str(tmp_path), max_bytes=LIMIT)
+    list(spool.replay())
+    peak = 0
+    for i in range(1000):  # about 16 times the limit
+        spool.ack([spool.append("t", block(i % 256, size=1000))])
+        peak = max(peak, disk_usage(tmp_path))
+    assert spool.pending_bytes == 0 and spool.pending_records == 0
+    assert peak <= 2 * LIMIT, peak
+    assert spool.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.glob("*.log"))
+    spool.close()
+    assert list(tmp_path.iterdir()) == [] and replayed(tmp_path) == []
+
+
+def test_pending_bytes_are_the_unacknowledged_records(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=LIMIT)
+    list(spool.replay())
+    ids = [spool.append("t", block(i, size=1000)) for i in range(10)]
+    one = spool.pending_bytes // 10
+    assert spool.pending_bytes == spool.bytes_on_disk == 10 * one
+    spool.ack(ids[:4])
+    spool.ack(ids[:2])  # acknowledged twice: counted once
+    assert spool.pending_bytes == 6 * one and spool.pending_records == 6
+    # After a restart only the 6 unacknowledged records count, not the 10 on disk.
+    restarted = Spool(str(tmp_path), max_bytes=8 * one)
+    assert len(list(restarted.replay())) == 6
+    assert restarted.pending_bytes == 6 * one and restarted.bytes_on_disk == 10 * one
+    restarted.append("t", block(20, size=1000))
+    restarted.append("t", block(21, size=1000))
+    with pytest.raises(SpoolFull) as refused:
+        restarted.append("t", block(22, size=1000))
+    assert refused.value.status == 503
+
+
+def _pinned_load(spool: Spool, count: int, every: int) -> list[int]:
+    """``count`` records, all acknowledged at once but one in ``every``: the tags kept."""
+    kept = []
+    for i in range(count):
+        record = spool.append("t", block(i % 256, size=1000))
+        if i % every:
+            spool.ack([record])
+        else:
+            kept.append(i % 256)
+    return kept
+
+
+def test_compaction_keeps_exactly_the_unacknowledged_records(tmp_path: Path) -> None:
+    """One record in 20 never confirmed (its table is away): the segments holding them
+    are compacted, the disk stays bounded, and replay after a crash (no close) yields
+    those records, in order, and only them; then acks after the restart hold too."""
+    spool = Spool(str(tmp_path), max_bytes=LIMIT)
+    list(spool.replay())
+    peak = 0
+    kept: list[int] = []
+    for _ in range(4):
+        kept += _pinned_load(spool, 250, 20)
+        peak = max(peak, disk_usage(tmp_path))
+    assert peak <= 3 * LIMIT, peak
+    assert any(p.read_bytes()[:4] == b"TIS2" for p in tmp_path.glob("*.log")), "no compaction"
+    assert spool.pending_records == len(kept) == 52
+    # A crash: the process dies with the files as they are.
+    after = Spool(str(tmp_path), max_bytes=LIMIT)
+    records = list(after.replay())
+    assert [blk.payloads[0][0] for _, _, blk in records] == kept
+    assert all(blk == block(blk.payloads[0][0], size=1000) for _, _, blk in records)
+    after.ack([record for record, _, _ in records[:30]])
+    kept += _pinned_load(after, 500, 25)  # more compactions, of compacted segments too
+    again = Spool(str(tmp_path), max_bytes=LIMIT)
+    assert [blk.payloads[0][0] for _, _, blk in again.replay()] == kept[30:]
+
+
+class Crash(BaseException):
+    """The process dies here (not an error the spool handles)."""
+
+
+@pytest.mark.parametrize("where", ["before the rename", "after the rename"])
+def test_a_crash_during_compaction_loses_and_repeats_nothing(
+        tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tinyingest.spool
+
+    spool = Spool(str(tmp_path), max_bytes=LIMIT)
+    list(spool.replay())
+    kept = _pinned_load(spool, 200, 10)
+
+    def crash(*args: object) -> None:
+        raise Crash
+
+    if where == "before the rename":
+        monkeypatch.setattr(os, "replace", crash)  # the .compact file is written, not renamed
+    else:
+        monkeypatch.setattr(tinyingest.spool, "_fsync_directory", crash)  # acks not cleared
+    with pytest.raises(Crash):
+        _pinned_load(spool, 100, 10)  # until a compaction starts
+    monkeypatch.undo()
+    assert (where == "before the rename") == any(tmp_path.glob("*.compact"))
+    after = Spool(str(tmp_path), max_bytes=LIMIT)
+    tags = [blk.payloads[0][0] for _, _, blk in after.replay()]
+    assert tags[:len(kept)] == kept  # every unacknowledged record, none acknowledged
+    assert len(tags) - len(kept) <= 10  # the unacknowledged ones of the crashed round
+    assert not any(tmp_path.glob("*.compact"))
+
+
+def test_acks_during_replay_do_not_delete_the_segment_being_read(tmp_path: Path) -> None:
+    """The gateway awaits deliveries while it replays, so records are acknowledged before
+    the rest of their segment is read: that segment is not deleted nor compacted then."""
+    spool = Spool(str(tmp_path))
+    list(spool.replay())
+    for i in range(50):
+        spool.append("t", block(i, size=1000))
+    # A crash, then a restart whose every replayed record is stored at once, and a crash
+    # after ten of them.
+    restarted = Spool(str(tmp_path), max_bytes=LIMIT // 4)
+    for count, (record, _, _) in enumerate(restarted.replay(), 1):
+        restarted.ack([record])
+        if count == 10:
+            break
+    assert [blk.payloads[0][0] for _, blk in replayed(tmp_path)] == list(range(10, 50))

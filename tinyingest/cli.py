@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tinyingest import __version__
 from tinyingest.auth import WeakAdminToken, load_admin_token, new_token, project_tokens
 from tinyingest.config import Settings
+from tinyingest.datadir import DataDirBusy, lock_data_dir
 from tinyingest.datafiles import DatafileError, load_project, write_example_project
 
 if TYPE_CHECKING:
@@ -154,11 +155,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     _private_data_dir(settings.data_dir)
+    # Before anything else reads or writes the data dir (spool, tokens, chDB, metrics):
+    # kept open, and inherited by --workers' children, until the process exits.
+    try:
+        lock_data_dir(settings.data_dir)
+    except DataDirBusy as exc:
+        log.error("%s", exc)
+        return 2
     try:  # raised before anything starts (serve and supervise load the token first)
         if args.workers > 1:
             return supervise(settings, args.workers)
+        # Bound before the spool is replayed: a port in use stops here, the data dir
+        # untouched.
+        sockets = _bind(settings)
+        if sockets is None:
+            return 2
         _install_uvloop()
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, sockets))
     except WeakAdminToken as exc:
         print(f"tinyingest: {exc}", file=sys.stderr)
         return 2
@@ -172,6 +185,18 @@ def _private_data_dir(path: str) -> None:
     os.umask(0o077)
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def _bind(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket] | None:
+    """The listening sockets, or None (said why) when the address is taken or wrong."""
+    from tornado.netutil import bind_sockets
+
+    try:
+        return bind_sockets(settings.port, settings.host, backlog=_BACKLOG,
+                            reuse_port=reuse_port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return None
 
 
 def _tune_gc() -> None:
@@ -204,6 +229,15 @@ def supervise(settings: Settings, workers: int) -> int:
 
     from tornado.netutil import bind_sockets
 
+    # Each worker binds its own SO_REUSEPORT socket, so the kernel spreads connections over
+    # the workers (with one shared socket, one worker may accept every keep-alive
+    # connection). A first bind here reports a port in use before anything forks, and
+    # before the data dir is written.
+    first = _bind(settings, reuse_port=True)
+    if first is None:
+        return 2
+    for sock in first:
+        sock.close()
     # Workers' metrics are summed by prometheus-client's multiprocess mode.
     metrics_dir = Path(settings.data_dir) / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -216,11 +250,6 @@ def supervise(settings: Settings, workers: int) -> int:
     except DatafileError as exc:
         log.error("datafile error: %s", exc)
         return 2
-    # Each worker binds its own SO_REUSEPORT socket, so the kernel spreads connections over
-    # the workers (with one shared socket, one worker may accept every keep-alive
-    # connection). A first bind here reports a port in use before anything forks.
-    for sock in bind_sockets(settings.port, settings.host, reuse_port=True):
-        sock.close()
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 

@@ -269,7 +269,7 @@ class Gateway:
     def overloaded(self) -> str | None:
         """Why new rows must be refused now (503), or None."""
         spool = self.spool
-        if spool.bytes_on_disk > spool.max_bytes * 0.9:
+        if spool.pending_bytes > spool.max_bytes * 0.9:  # acknowledged rows do not count
             return "the spool of unconfirmed rows is nearly full: ClickHouse is slow or down"
         # Checked on every ingest request: one plain loop, no generators.
         pending = 0
