@@ -290,3 +290,13 @@ def test_queries_can_run_as_a_read_only_server_user(clickhouse_server: Any,
         assert "Wrong password" in gateway.log_tail()
     finally:
         assert gateway.stop() == 0, gateway.log_tail()
+
+
+def test_a_slow_template_is_stopped_by_its_time_budget(gateway: GatewayProcess,
+                                                       tokens: dict[str, str]) -> None:
+    """Each step of a template is bounded in size; 100,000 steps over 100 KB strings
+    held the event loop for seconds: the render has a time budget (MAX_RENDER_SECONDS)."""
+    slow = "% {% set a = 'x' * 100000 %}{% for i in a %}{% set b = a.upper() %}{% end %}SELECT 1"
+    answer = sql(gateway, slow, tokens["read"])
+    assert answer.status == 400 and "longer than 1 s to render" in answer.json()["error"]
+    assert call(gateway, "GET", "/healthz", token=None).status == 200

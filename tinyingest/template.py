@@ -81,6 +81,7 @@ import math
 import re
 import struct
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias
@@ -89,6 +90,7 @@ __all__ = [
     "FORBIDDEN_STATEMENTS",
     "FUNCTIONS",
     "MAX_ITERATIONS",
+    "MAX_RENDER_SECONDS",
     "MAX_OUTPUT_CHARS",
     "Param",
     "ParamValue",
@@ -118,6 +120,9 @@ FORBIDDEN_STATEMENTS = frozenset(
 MAX_OUTPUT_CHARS = 16 << 20
 #: Total ``{% for %}`` iterations of one render.
 MAX_ITERATIONS = 100_000
+#: CPU seconds one render may take: each step is bounded in size, but 100,000 loop
+#: steps over megabyte strings would hold the event loop for seconds.
+MAX_RENDER_SECONDS = 1.0
 #: Integers computed by a template stay within +-2**256 (Int256's range).
 _MAX_INT = 1 << 256
 
@@ -1169,6 +1174,11 @@ class _Context:
     hints: dict[str, str] = field(default_factory=dict)
     iterations: int = 0
     size: int = 0
+    deadline: float = field(default_factory=lambda: time.monotonic() + MAX_RENDER_SECONDS)
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            _fail(f"the template took longer than {MAX_RENDER_SECONDS:g} s to render")
 
     def lookup(self, name: str) -> _Var:
         if name in self.variables:
@@ -1224,6 +1234,7 @@ def _eval(node: Expr, ctx: _Context) -> Any:
             var = ctx.lookup(name)
             return var.value
         case ast.Call():
+            ctx.check_time()
             return _call(node, ctx)
         case ast.UnaryOp(op=op, operand=operand):
             value = _plain(_eval(operand, ctx))
@@ -1234,6 +1245,7 @@ def _eval(node: Expr, ctx: _Context) -> Any:
                       f" {type(value).__name__}")
             return -value if isinstance(op, ast.USub) else value
         case ast.BinOp(op=op, left=left, right=right):
+            ctx.check_time()
             a = _plain(_eval(left, ctx))
             b = _plain(_eval(right, ctx))
             if isinstance(op, ast.Mult):
@@ -1436,6 +1448,7 @@ def _run(nodes: Sequence[_Node], ctx: _Context, out: list[str]) -> None:
                 ctx.iterations += 1
                 if ctx.iterations > MAX_ITERATIONS:
                     _fail(f"more than {MAX_ITERATIONS} loop iterations")
+                ctx.check_time()
                 _assign(node.target, item, ctx)
                 try:
                     _run(node.body, ctx, out)
