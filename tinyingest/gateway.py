@@ -279,9 +279,11 @@ class Gateway:
         return None
 
     async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                       error: SinkError) -> None:
-        # Rows ClickHouse will not take go to the quarantine with its message.
+                       error: SinkError) -> bool:
+        """Rows ClickHouse will not take go to the quarantine whole, with its message.
+        False if some could not be spooled for it: they stay in the spool as they are."""
         table = self.tables[datasource.name]
+        kept = True
         for block in blocks:
             try:
                 bad = refused_rows(datasource, block, str(error))
@@ -289,8 +291,21 @@ class Gateway:
             except Exception:
                 log.exception("could not quarantine %d refused rows for %s", block.num_rows,
                               datasource.name)
+                kept = False
                 continue
+            metrics.count_refused(datasource.name, "quarantined", block.num_rows)
             table.quarantine.add(bad, record).add_done_callback(_consume)
+        return kept
+
+    async def _quarantine_refused(self, datasource: DataSource, blocks: list[EncodedBlock],
+                                  error: SinkError) -> bool:
+        """Even the quarantine table refused rows: they stay in the spool (the next start
+        inserts them again, once the table is repaired), never dropped."""
+        rows = sum(block.num_rows for block in blocks)
+        metrics.count_refused(datasource.name, "kept_in_spool", rows)
+        log.error("%s: the quarantine table refused %d rows too; they stay in the spool "
+                  "and are inserted again at the next start: %s", datasource.name, rows, error)
+        return False
 
     @staticmethod
     def _create(datasource: DataSource, database: str, sink: Sink) -> None:
@@ -311,7 +326,9 @@ class Gateway:
                                  on_refused=functools.partial(self._refused, datasource),
                                  sort=sort_plan(ndjson, datasource.engine.sorting_key)),
             quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
-                                    on_stored=self.spool.ack),
+                                    on_stored=self.spool.ack,
+                                    on_refused=functools.partial(self._quarantine_refused,
+                                                                 datasource)),
             created_at=time.time(),
         )
 
