@@ -73,8 +73,9 @@ def test_backlog_is_inserted_in_bounded_pieces(sink: Sink) -> None:
 def test_refused_rows_fail_the_waiter_and_go_to_on_refused(sink: Sink) -> None:
     refused: list[tuple[int, str]] = []
 
-    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> None:
+    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> bool:
         refused.extend((block.num_rows, str(error)) for block in blocks)
+        return True
 
     async def scenario(batcher: TableBatcher) -> None:
         sink.execute("ALTER TABLE t DROP COLUMN name")  # schema drift
@@ -110,8 +111,9 @@ def test_refused_row_is_isolated_and_every_other_row_stored(sink: Sink) -> None:
                  "guard UInt8 DEFAULT throwIf(id = 666)) ENGINE = MergeTree ORDER BY id")
     refused: list[int] = []
 
-    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> None:
+    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> bool:
         refused.extend(block.num_rows for block in blocks)
+        return True
 
     async def main() -> list[BaseException | None]:
         writer = SinkPool([sink], "writer")
@@ -221,3 +223,57 @@ def test_lag_counts_only_waiting_for_clickhouse(sink: Sink) -> None:
 
     asyncio.run(main())
     assert count(sink) == 4
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_refused_block_is_acknowledged_only_when_kept_elsewhere(sink: Sink,
+                                                                  taken: bool) -> None:
+    from tinyingest.spool import RecordId
+
+    sink.execute("CREATE TABLE t (id UInt64) ENGINE = MergeTree ORDER BY id")  # no `name`
+    stored: list[RecordId] = []
+
+    async def on_refused(blocks: list[EncodedBlock], error: SinkError) -> bool:
+        return taken  # False: the quarantine refused it too
+
+    async def main() -> None:
+        writer = SinkPool([sink], "writer")
+        batcher = TableBatcher(writer, "t", COLUMNS, BatchLimits(insert_attempts=1),
+                               on_stored=stored.extend, on_refused=on_refused)
+        try:
+            future = batcher.add(rows(0, 3), RecordId(1, 0))
+            batcher.expedite()
+            with pytest.raises(SinkError):
+                await asyncio.wait_for(future, 20)
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()
+
+    asyncio.run(main())
+    assert stored == ([RecordId(1, 0)] if taken else [])
+
+
+def test_blocks_of_an_older_column_set_are_inserted_alone(sink: Sink) -> None:
+    # Spooled before a column was added: not merged with the current blocks, inserted
+    # with its own column names (the added column gets its DEFAULT).
+    sink.execute("CREATE TABLE t (id UInt64, name Nullable(String), extra String DEFAULT 'd')"
+                 " ENGINE = MergeTree ORDER BY id")
+    columns = [*COLUMNS, ColumnSpec.build("extra", "String")]
+    old = rows(0, 2)
+    new = encode_rows(["id", "name", "extra"], ["UInt64", "Nullable(String)", "String"],
+                      [(10, "a", "x"), (11, None, "y")])
+
+    async def main() -> None:
+        writer = SinkPool([sink], "writer")
+        batcher = TableBatcher(writer, "t", columns, BatchLimits(flush_interval=0.05))
+        try:
+            futures = [batcher.add(new), batcher.add(old), batcher.add(new)]
+            await asyncio.wait_for(asyncio.gather(*futures), 20)
+        finally:
+            await batcher.close()
+            writer._executor.shutdown()
+
+    asyncio.run(main())
+    result = sink.query("SELECT id, extra FROM t ORDER BY id, extra")
+    assert [tuple(row) for row in result.rows] == [(0, "d"), (1, "d"), (10, "x"), (10, "x"),
+                                                   (11, "y"), (11, "y")]

@@ -16,7 +16,13 @@ When an insert fails:
   ``insert_attempts`` tries the batch is inserted in halves to isolate the refused
   blocks (one request's block each), and those in halves to isolate the refused rows;
   only those go to ``on_refused`` (the quarantine, with ClickHouse's message), and the
-  requests they came from fail; every other row is stored.
+  requests they came from fail; every other row is stored. A refused block is never
+  dropped: if ``on_refused`` does not take it (the quarantine refused it too, or there
+  is none), its spool record is not acknowledged, and the next start inserts it again.
+
+A block encoded for other columns than the table's current ones (spooled before a
+schema change) is inserted on its own, with its own column names: ClickHouse fills the
+columns it lacks with their DEFAULT.
 
 Inserts run on the writer's :class:`SinkPool`: up to one per connection at a time, so
 with two connections ClickHouse writes one batch while the next one is sent (one insert
@@ -36,7 +42,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tinyingest.block import EncodedBlock
-from tinyingest.native import SortPlan, merge_blocks, sort_block, split_block
+from tinyingest.native import SortPlan, merge_blocks, native_type, sort_block, split_block
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.spool import RecordId
@@ -129,15 +135,20 @@ class TableBatcher:
     :param sort: how to put an insert in the table's sorting-key order, which spares
         ClickHouse most of its insert work (:func:`~tinyingest.native.sort_plan`).
     :param on_stored: called with the spool records of every stored block.
-    :param on_refused: called with blocks ClickHouse refused, and its error.
+    :param on_refused: called with blocks ClickHouse refused, and its error; True: the
+        blocks are kept elsewhere (the quarantine's spool records), so their own records
+        are acknowledged; False (or no ``on_refused``): they stay in the spool.
     """
 
     def __init__(self, writer: SinkPool, table: str, columns: Sequence[ColumnSpec],
                  limits: BatchLimits, *,
                  on_stored: Callable[[list[RecordId]], None] = lambda records: None,
-                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[None]]
+                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[bool]]
                  | None = None, sort: SortPlan | None = None) -> None:
         self.table = table
+        #: The names and types of the blocks encoded for ``columns`` now: only those
+        #: are merged and sorted (a spooled block may have been encoded for others).
+        self._shape = (tuple(c.name for c in columns), tuple(native_type(c) for c in columns))
         self._sort = sort
         self._writer = writer
         self._columns = tuple(columns)
@@ -262,16 +273,23 @@ class TableBatcher:
         limits = self._limits
         rows = size = count = 0
         for item in self._pending:
-            if count and (rows >= limits.flush_rows or size >= limits.flush_bytes):
+            if count and (rows >= limits.flush_rows or size >= limits.flush_bytes
+                          or not self._current(item.block)):
                 break
             rows += item.block.num_rows
             size += item.block.nbytes
             count += 1
+            if not self._current(item.block):
+                break  # encoded for other columns: inserted alone
         batch, self._pending = self._pending[:count], self._pending[count:]
         self._pending_rows -= rows
         self._pending_bytes -= size
         self._urgent = self._urgent and bool(self._pending)
         return batch
+
+    def _current(self, block: EncodedBlock) -> bool:
+        """True if ``block`` has the table's current columns (it may be merged, sorted)."""
+        return (block.names, block.types) == self._shape
 
     async def _deliver(self, batch: list[_Pending]) -> None:
         try:
@@ -339,10 +357,18 @@ class TableBatcher:
             # Parts may be stored already; the whole is tried again (at least once).
             self._postpone(batch, away.error)
             return
+        kept = True  # every refused part is kept somewhere (the quarantine's records)
         for block, reason in refused:
-            if self._on_refused is not None:
-                await self._on_refused([block], reason)
-        self._on_stored([item.record for item in batch if item.record is not None])
+            if self._on_refused is None or not await self._on_refused([block], reason):
+                kept = False
+        if kept:
+            self._on_stored([item.record for item in batch if item.record is not None])
+        elif self._on_refused is None:  # (on_refused says what it did itself)
+            # Never dropped: the spool keeps the records; the next start inserts them
+            # again (parts already stored would be stored twice: at-least-once).
+            log.error("%s: %d refused rows kept in the spool, to be inserted again at the "
+                      "next start: %s", self.table, sum(b.num_rows for b, _ in refused),
+                      refused[0][1] if refused else "")
         self._settle(batch, refused[0][1] if refused else None)
 
     async def _isolate_rows(self, block: EncodedBlock, error: SinkError,
@@ -378,7 +404,8 @@ class TableBatcher:
 
     def _send(self, block: EncodedBlock, sink: Sink) -> None:
         """On a writer thread: sort (the C sort releases the GIL), then insert."""
-        sink.insert(self.table, sort_block(self._sort, block))
+        sink.insert(self.table, sort_block(self._sort, block) if self._current(block)
+                    else block)
 
     @staticmethod
     def _settle(batch: list[_Pending], error: Exception | None) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyingest import ddl, metrics, parser, sqlguard
+from tinyingest import ddl, metrics, migrate, parser, sqlguard
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
 from tinyingest.batcher import SinkPool, TableBatcher, is_transient
 from tinyingest.config import Settings
@@ -215,16 +215,20 @@ class Gateway:
         if REQUEST_LOG_TABLE in self.project.datasources:
             raise StartupError(f"data source name '{REQUEST_LOG_TABLE}' is reserved: the "
                                "gateway keeps the answers to X-Request-Id there")
+        plans = await self._schema_plans(database, deadline)
         for datasource in self.project.datasources.values():
             while True:
                 try:
-                    await self.writer.run(functools.partial(self._create, datasource, database))
+                    await self.writer.run(functools.partial(
+                        self._create, datasource, database, plans[datasource.name]))
                     break
                 except SinkError as exc:
                     if not is_transient(exc) or time.monotonic() > deadline:
                         raise StartupError(_create_error(datasource, exc)) from exc
                     log.warning("ClickHouse is not answering yet (%s); retrying", exc)
                     await asyncio.sleep(1.0)
+                    # An ALTER may have been applied before the error: read again.
+                    plans = await self._schema_plans(database, deadline)
             self.tables[datasource.name] = self._table(datasource)
         create_log = self.request_log.create_sql()
         await self.writer.run(lambda sink: sink.execute(create_log))
@@ -288,9 +292,11 @@ class Gateway:
         return None
 
     async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                       error: SinkError) -> None:
-        # Rows ClickHouse will not take go to the quarantine with its message.
+                       error: SinkError) -> bool:
+        """Rows ClickHouse will not take go to the quarantine whole, with its message.
+        False if some could not be spooled for it: they stay in the spool as they are."""
         table = self.tables[datasource.name]
+        kept = True
         for block in blocks:
             try:
                 bad = refused_rows(datasource, block, str(error))
@@ -298,11 +304,54 @@ class Gateway:
             except Exception:
                 log.exception("could not quarantine %d refused rows for %s", block.num_rows,
                               datasource.name)
+                kept = False
                 continue
+            metrics.count_refused(datasource.name, "quarantined", block.num_rows)
             table.quarantine.add(bad, record).add_done_callback(_consume)
+        return kept
+
+    async def _quarantine_refused(self, datasource: DataSource, blocks: list[EncodedBlock],
+                                  error: SinkError) -> bool:
+        """Even the quarantine table refused rows: they stay in the spool (the next start
+        inserts them again, once the table is repaired), never dropped."""
+        rows = sum(block.num_rows for block in blocks)
+        metrics.count_refused(datasource.name, "kept_in_spool", rows)
+        log.error("%s: the quarantine table refused %d rows too; they stay in the spool "
+                  "and are inserted again at the next start: %s", datasource.name, rows, error)
+        return False
+
+    async def _schema_plans(self, database: str, deadline: float) -> dict[str, migrate.Plan]:
+        """Every data source's datafile against its live tables (see :mod:`migrate`),
+        all read before anything is changed; a change that is not additive stops the
+        start with every problem found, and nothing altered."""
+        datasources = self.project.datasources.values()
+        names = tuple(name for d in datasources for name in (d.name, d.quarantine_name))
+        while True:
+            try:
+                live = await self.writer.run(
+                    functools.partial(migrate.read_live, database=database, names=names))
+                break
+            except SinkError as exc:
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise StartupError(f"could not read the tables of the data sources: "
+                                       f"{exc}") from exc
+                log.warning("ClickHouse is not answering yet (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        plans = {d.name: migrate.plan(d, database, live.get(d.name),
+                                      live.get(d.quarantine_name)) for d in datasources}
+        problems = [problem for p in plans.values() for problem in p.problems]
+        if problems:
+            raise StartupError(
+                "the datafiles do not match the tables ClickHouse has; the gateway changes "
+                "a table only to add a column, and changed nothing:\n  " + "\n  ".join(problems)
+                + "\nRevert the datafile, or migrate the table by hand (README: Data sources).")
+        return plans
 
     @staticmethod
-    def _create(datasource: DataSource, database: str, sink: Sink) -> None:
+    def _create(datasource: DataSource, database: str, plan: migrate.Plan, sink: Sink) -> None:
+        for statement, change in zip(plan.statements, plan.changes):
+            sink.execute(statement)
+            log.info("%s", change)
         sink.execute(ddl.create_table_sql(datasource, database))
         sink.execute(ddl.create_quarantine_sql(datasource, database))
 
@@ -320,7 +369,9 @@ class Gateway:
                                  on_refused=functools.partial(self._refused, datasource),
                                  sort=sort_plan(ndjson, datasource.engine.sorting_key)),
             quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
-                                    on_stored=self.spool.ack),
+                                    on_stored=self.spool.ack,
+                                    on_refused=functools.partial(self._quarantine_refused,
+                                                                 datasource)),
             created_at=time.time(),
         )
 

@@ -19,6 +19,10 @@ REQUESTS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
 ROWS = Counter("tinyingest_rows_total", "Rows received by data source and outcome",
                ["datasource", "outcome"], registry=REGISTRY)
+REFUSED = Counter("tinyingest_refused_rows_total",
+                  "Rows ClickHouse refused after they were accepted, by data source and where "
+                  "they went (quarantined; kept_in_spool: the quarantine refused them too)",
+                  ["datasource", "outcome"], registry=REGISTRY)
 
 
 # Labelled children, looked up once: labels() costs more than the observation itself.
@@ -51,6 +55,11 @@ def count_rows(datasource: str, stored: int, quarantined: int) -> None:
         series[0].inc(stored)
     if quarantined:
         series[1].inc(quarantined)
+
+
+def count_refused(datasource: str, outcome: str, rows: int) -> None:
+    """Rows refused after being accepted (rare: not on the good path)."""
+    REFUSED.labels(datasource, outcome).inc(rows)
 
 
 class MetricsHandler(web.RequestHandler):
