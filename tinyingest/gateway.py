@@ -112,8 +112,35 @@ def _create_error(datasource: DataSource, error: SinkError) -> str:
     return message
 
 
-#: Seconds a starting gateway waits for a ClickHouse that does not answer.
-STARTUP_WAIT = 30.0
+def _address(sink: Sink) -> str:
+    host, port = getattr(sink, "host", None), getattr(sink, "port", None)
+    return f"{host}:{port}" if host is not None else str(sink)
+
+
+class _StartupWait:
+    """A starting gateway's wait for a ClickHouse that does not answer (still starting,
+    or away): said once when it begins, and once more if it ends in giving up."""
+
+    def __init__(self, sink: Sink, seconds: float) -> None:
+        self._sink = sink
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._said = False
+
+    async def retry(self, exc: SinkError, what: str) -> None:
+        """Return after a pause if ``exc`` is worth waiting out, else raise StartupError."""
+        if not is_transient(exc):
+            raise StartupError(what) from exc
+        if time.monotonic() >= self._deadline:
+            raise StartupError(
+                f"ClickHouse at {_address(self._sink)} did not answer within {self._seconds:g} s "
+                f"({exc}): start it, or check --clickhouse / TINYINGEST_CLICKHOUSE_URL; "
+                "TINYINGEST_CLICKHOUSE_STARTUP_WAIT sets how long to wait") from exc
+        if not self._said:
+            self._said = True
+            log.warning("ClickHouse is not answering yet (%s); waiting up to %g s for it",
+                        exc, self._seconds)
+        await asyncio.sleep(min(1.0, max(0.0, self._deadline - time.monotonic())))
 
 #: KILL QUERY is sent again every this many seconds while the engine does not list a
 #: query that has started (its Query packet may still be on its way), up to _KILL_FOR s.
@@ -208,14 +235,15 @@ class Gateway:
         """Create every data source's tables (idempotent), then replay the spool.
 
         A ClickHouse that does not answer yet (still starting, or busy) is waited for, up
-        to :data:`STARTUP_WAIT` seconds; a table it refuses stops the start at once.
+        to ``settings.clickhouse_startup_wait`` seconds (said once); a table it refuses
+        stops the start at once.
         """
         database = self.sink.database
-        deadline = time.monotonic() + STARTUP_WAIT
+        wait = _StartupWait(self.sink, self.settings.clickhouse_startup_wait)
         if REQUEST_LOG_TABLE in self.project.datasources:
             raise StartupError(f"data source name '{REQUEST_LOG_TABLE}' is reserved: the "
                                "gateway keeps the answers to X-Request-Id there")
-        plans = await self._schema_plans(database, deadline)
+        plans = await self._schema_plans(database, wait)
         for datasource in self.project.datasources.values():
             while True:
                 try:
@@ -223,12 +251,9 @@ class Gateway:
                         self._create, datasource, database, plans[datasource.name]))
                     break
                 except SinkError as exc:
-                    if not is_transient(exc) or time.monotonic() > deadline:
-                        raise StartupError(_create_error(datasource, exc)) from exc
-                    log.warning("ClickHouse is not answering yet (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+                    await wait.retry(exc, _create_error(datasource, exc))
                     # An ALTER may have been applied before the error: read again.
-                    plans = await self._schema_plans(database, deadline)
+                    plans = await self._schema_plans(database, wait)
             self.tables[datasource.name] = self._table(datasource)
         create_log = self.request_log.create_sql()
         await self.writer.run(lambda sink: sink.execute(create_log))
@@ -320,7 +345,8 @@ class Gateway:
                   "and are inserted again at the next start: %s", datasource.name, rows, error)
         return False
 
-    async def _schema_plans(self, database: str, deadline: float) -> dict[str, migrate.Plan]:
+    async def _schema_plans(self, database: str,
+                            wait: _StartupWait) -> dict[str, migrate.Plan]:
         """Every data source's datafile against its live tables (see :mod:`migrate`),
         all read before anything is changed; a change that is not additive stops the
         start with every problem found, and nothing altered."""
@@ -332,11 +358,7 @@ class Gateway:
                     functools.partial(migrate.read_live, database=database, names=names))
                 break
             except SinkError as exc:
-                if not is_transient(exc) or time.monotonic() > deadline:
-                    raise StartupError(f"could not read the tables of the data sources: "
-                                       f"{exc}") from exc
-                log.warning("ClickHouse is not answering yet (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                await wait.retry(exc, f"could not read the tables of the data sources: {exc}")
         plans = {d.name: migrate.plan(d, database, live.get(d.name),
                                       live.get(d.quarantine_name)) for d in datasources}
         problems = [problem for p in plans.values() for problem in p.problems]
