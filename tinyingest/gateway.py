@@ -24,7 +24,7 @@ from typing import Any
 
 from tinyingest import ddl, metrics, migrate, parser, sqlguard
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
-from tinyingest.batcher import SinkPool, TableBatcher, is_transient
+from tinyingest.batcher import RowsRefused, SinkPool, TableBatcher, is_transient, is_view_error
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
@@ -322,9 +322,15 @@ class Gateway:
         False if some could not be spooled for it: they stay in the spool as they are."""
         table = self.tables[datasource.name]
         kept = True
+        futures: list[asyncio.Future[None]] = []
+        message = str(error)
+        if is_view_error(error):
+            message = (f"a materialized view on '{datasource.name}' failed, so these rows "
+                       f"may be in '{datasource.name}' too (ClickHouse stores the table "
+                       f"before its views): {message}")
         for block in blocks:
             try:
-                bad = refused_rows(datasource, block, str(error))
+                bad = refused_rows(datasource, block, message)
                 record = self.spool.append(datasource.quarantine_name, bad)
             except Exception:
                 log.exception("could not quarantine %d refused rows for %s", block.num_rows,
@@ -332,7 +338,14 @@ class Gateway:
                 kept = False
                 continue
             metrics.count_refused(datasource.name, "quarantined", block.num_rows)
-            table.quarantine.add(bad, record).add_done_callback(_consume)
+            futures.append(table.quarantine.add(bad, record))
+        if futures:
+            # The request waiting for these rows (wait=true) hears of them once they are
+            # in the quarantine table, or once ClickHouse had its time (they are spooled).
+            table.quarantine.expedite()
+            await asyncio.wait(futures, timeout=self.settings.clickhouse_timeout)
+            for future in futures:
+                future.add_done_callback(_consume)
         return kept
 
     async def _quarantine_refused(self, datasource: DataSource, blocks: list[EncodedBlock],
@@ -388,6 +401,8 @@ class Gateway:
             csv_columns=writable,
             batcher=TableBatcher(self.writer, datasource.name, ndjson, limits,
                                  on_stored=self.spool.ack,
+                                 on_rows_stored=functools.partial(metrics.count_stored,
+                                                                  datasource.name),
                                  on_refused=functools.partial(self._refused, datasource),
                                  sort=sort_plan(ndjson, datasource.engine.sorting_key)),
             quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
@@ -630,7 +645,12 @@ class Ingest:
                             f"inserted when it does")
         for future in self._futures:
             error = future.exception()
-            if error is not None:
+            if isinstance(error, RowsRefused):
+                # ClickHouse refused them after they were accepted: they are in the
+                # quarantine with its message, so they count as quarantined.
+                self.successful_rows -= error.rows
+                self.quarantined_rows += error.rows
+            elif error is not None:
                 raise error
 
     def discard_results(self) -> None:
