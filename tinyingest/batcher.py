@@ -68,6 +68,11 @@ def is_view_error(error: SinkError) -> bool:
     return "while pushing to view" in str(error)
 
 
+#: What ``on_refused`` returns when the refused rows are not only kept but already in the
+#: quarantine table: the request waiting for them may be answered as if quarantined.
+QUARANTINED = "quarantined"
+
+
 class RowsRefused(SinkError):
     """Set on a block's future when ClickHouse refused ``rows`` of it and they went to the
     quarantine (kept, with ClickHouse's message): nothing is lost, and the request's
@@ -156,14 +161,16 @@ class TableBatcher:
         confirmed (metrics: rows ClickHouse has, not rows accepted).
     :param on_refused: called with blocks ClickHouse refused, and its error; True: the
         blocks are kept elsewhere (the quarantine's spool records), so their own records
-        are acknowledged; False (or no ``on_refused``): they stay in the spool.
+        are acknowledged; :data:`QUARANTINED`: kept, and in the quarantine table already
+        (their waiter then fails with :class:`RowsRefused`); False (or no
+        ``on_refused``): they stay in the spool.
     """
 
     def __init__(self, writer: SinkPool, table: str, columns: Sequence[ColumnSpec],
                  limits: BatchLimits, *,
                  on_stored: Callable[[list[RecordId]], None] = lambda records: None,
                  on_rows_stored: Callable[[int], None] = lambda rows: None,
-                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[bool]]
+                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[bool | str]]
                  | None = None, sort: SortPlan | None = None) -> None:
         self.table = table
         #: The names and types of the blocks encoded for ``columns`` now: only those
@@ -379,12 +386,14 @@ class TableBatcher:
             self._postpone(batch, away.error)
             return
         kept = True  # every refused part is kept somewhere (the quarantine's records)
+        quarantined = True  # ... and is in the quarantine table
         for block, reason in refused:
-            if self._on_refused is None or not await self._on_refused([block], reason):
-                kept = False
+            outcome = await self._on_refused([block], reason) if self._on_refused else False
+            kept = kept and bool(outcome)
+            quarantined = quarantined and outcome == QUARANTINED
         if kept:
             self._on_stored([item.record for item in batch if item.record is not None])
-            if refused and len(batch) == 1:  # (always, when the table has columns)
+            if refused and quarantined and len(batch) == 1:  # (one, when it has columns)
                 self._settle(batch, RowsRefused(sum(b.num_rows for b, _ in refused),
                                                 refused[0][1]))
                 return

@@ -24,7 +24,14 @@ from typing import Any
 
 from tinyingest import ddl, metrics, migrate, parser, sqlguard
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
-from tinyingest.batcher import RowsRefused, SinkPool, TableBatcher, is_transient, is_view_error
+from tinyingest.batcher import (
+    QUARANTINED,
+    RowsRefused,
+    SinkPool,
+    TableBatcher,
+    is_transient,
+    is_view_error,
+)
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
@@ -317,9 +324,10 @@ class Gateway:
         return None
 
     async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                       error: SinkError) -> bool:
+                       error: SinkError) -> bool | str:
         """Rows ClickHouse will not take go to the quarantine whole, with its message.
-        False if some could not be spooled for it: they stay in the spool as they are."""
+        False if some could not be spooled for it: they stay in the spool as they are;
+        QUARANTINED once they are in the quarantine table."""
         table = self.tables[datasource.name]
         kept = True
         futures: list[asyncio.Future[None]] = []
@@ -343,13 +351,16 @@ class Gateway:
             # The request waiting for these rows (wait=true) hears of them once they are
             # in the quarantine table, or once ClickHouse had its time (they are spooled).
             table.quarantine.expedite()
-            await asyncio.wait(futures, timeout=self.settings.clickhouse_timeout)
+            done, _ = await asyncio.wait(futures, timeout=self.settings.clickhouse_timeout)
             for future in futures:
                 future.add_done_callback(_consume)
+            if kept and len(done) == len(futures) and \
+                    not any(f.cancelled() or f.exception() for f in futures):
+                return QUARANTINED
         return kept
 
     async def _quarantine_refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                                  error: SinkError) -> bool:
+                                  error: SinkError) -> bool | str:
         """Even the quarantine table refused rows: they stay in the spool (the next start
         inserts them again, once the table is repaired), never dropped."""
         rows = sum(block.num_rows for block in blocks)
