@@ -160,10 +160,17 @@ def test_workers_share_the_port_and_drain_on_sigterm(clickhouse_server: ClickHou
             response = call(gateway, "POST", "/v0/events", params={"name": "events"},
                             body=ndjson({"id": i * 10 + j, "tag": tag} for j in range(10)))
             assert response.status == 202
-        metrics = call(gateway, "GET", "/metrics", token=None).body.decode()
-        stored_line = [line for line in metrics.splitlines() if line.startswith(
-            'tinyingest_rows_total{datasource="events",outcome="stored"}')]
-        assert stored_line and float(stored_line[0].split()[-1]) >= 200  # summed over workers
+        def counted(outcome: str) -> float:
+            metrics = call(gateway, "GET", "/metrics", token=None).body.decode()
+            lines = [line for line in metrics.splitlines() if line.startswith(
+                f'tinyingest_rows_total{{datasource="events",outcome="{outcome}"}}')]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        assert counted("accepted") >= 200  # summed over workers
+        deadline = time.monotonic() + 30  # stored: once ClickHouse has them
+        while counted("stored") < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counted("stored") >= 200
     finally:
         assert gateway.stop() == 0  # SIGTERM reaches every worker, each flushes and exits 0
     with GatewayProcess(PROJECT_DIR, str(tmp_path), clickhouse_url=gateway.clickhouse_url) as again:

@@ -61,6 +61,28 @@ def is_transient(error: SinkError) -> bool:
     return error.code is None or error.code in _TRANSIENT_CODES
 
 
+def is_view_error(error: SinkError) -> bool:
+    """ClickHouse refused an insert because a materialized view on the table failed.
+    Such an insert is not atomic: the table itself may have stored the rows already, so
+    each retry could store them once more."""
+    return "while pushing to view" in str(error)
+
+
+#: What ``on_refused`` returns when the refused rows are not only kept but already in the
+#: quarantine table: the request waiting for them may be answered as if quarantined.
+QUARANTINED = "quarantined"
+
+
+class RowsRefused(SinkError):
+    """Set on a block's future when ClickHouse refused ``rows`` of it and they went to the
+    quarantine (kept, with ClickHouse's message): nothing is lost, and the request's
+    answer counts them as quarantined rather than failing."""
+
+    def __init__(self, rows: int, error: SinkError) -> None:
+        super().__init__(str(error), error.code)
+        self.rows = rows
+
+
 #: Inserts spent isolating the refused rows of one refused block; past it, what is left
 #: of the block goes to the quarantine whole.
 _SPLIT_INSERTS = 64
@@ -135,15 +157,20 @@ class TableBatcher:
     :param sort: how to put an insert in the table's sorting-key order, which spares
         ClickHouse most of its insert work (:func:`~tinyingest.native.sort_plan`).
     :param on_stored: called with the spool records of every stored block.
+    :param on_rows_stored: called with the number of rows of every insert ClickHouse
+        confirmed (metrics: rows ClickHouse has, not rows accepted).
     :param on_refused: called with blocks ClickHouse refused, and its error; True: the
         blocks are kept elsewhere (the quarantine's spool records), so their own records
-        are acknowledged; False (or no ``on_refused``): they stay in the spool.
+        are acknowledged; :data:`QUARANTINED`: kept, and in the quarantine table already
+        (their waiter then fails with :class:`RowsRefused`); False (or no
+        ``on_refused``): they stay in the spool.
     """
 
     def __init__(self, writer: SinkPool, table: str, columns: Sequence[ColumnSpec],
                  limits: BatchLimits, *,
                  on_stored: Callable[[list[RecordId]], None] = lambda records: None,
-                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[bool]]
+                 on_rows_stored: Callable[[int], None] = lambda rows: None,
+                 on_refused: Callable[[list[EncodedBlock], SinkError], Awaitable[bool | str]]
                  | None = None, sort: SortPlan | None = None) -> None:
         self.table = table
         #: The names and types of the blocks encoded for ``columns`` now: only those
@@ -154,6 +181,7 @@ class TableBatcher:
         self._columns = tuple(columns)
         self._limits = limits
         self._on_stored = on_stored
+        self._on_rows_stored = on_rows_stored
         self._on_refused = on_refused
         self._pending: list[_Pending] = []
         self._pending_rows = 0
@@ -358,11 +386,17 @@ class TableBatcher:
             self._postpone(batch, away.error)
             return
         kept = True  # every refused part is kept somewhere (the quarantine's records)
+        quarantined = True  # ... and is in the quarantine table
         for block, reason in refused:
-            if self._on_refused is None or not await self._on_refused([block], reason):
-                kept = False
+            outcome = await self._on_refused([block], reason) if self._on_refused else False
+            kept = kept and bool(outcome)
+            quarantined = quarantined and outcome == QUARANTINED
         if kept:
             self._on_stored([item.record for item in batch if item.record is not None])
+            if refused and quarantined and len(batch) == 1:  # (one, when it has columns)
+                self._settle(batch, RowsRefused(sum(b.num_rows for b, _ in refused),
+                                                refused[0][1]))
+                return
         elif self._on_refused is None:  # (on_refused says what it did itself)
             # Never dropped: the spool keeps the records; the next start inserts them
             # again (parts already stored would be stored twice: at-least-once).
@@ -400,6 +434,7 @@ class TableBatcher:
             await self._writer.run(functools.partial(self._send, merged))
         except SinkError as exc:
             return exc
+        self._on_rows_stored(merged.num_rows)
         return None
 
     def _send(self, block: EncodedBlock, sink: Sink) -> None:
@@ -434,13 +469,17 @@ class TableBatcher:
         for attempt in range(1, self._limits.insert_attempts + 1):
             try:
                 await self._writer.run(functools.partial(self._send, merged))
-                return None
             except SinkError as exc:
                 log.warning("insert of %d rows into %s failed (attempt %d/%d): %s",
                             merged.num_rows, self.table, attempt,
                             self._limits.insert_attempts, exc)
-                if attempt == self._limits.insert_attempts:
+                # A failed view's refusal is not tried again: it would fail again, and
+                # the table may keep the rows of every try.
+                if attempt == self._limits.insert_attempts or is_view_error(exc):
                     return exc
                 await asyncio.sleep(delay)
                 delay *= 2
+            else:
+                self._on_rows_stored(merged.num_rows)
+                return None
         raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tinyingest import __version__
 from tinyingest.auth import WeakAdminToken, load_admin_token, new_token, project_tokens
-from tinyingest.config import Settings
+from tinyingest.config import ConfigError, Settings
 from tinyingest.datadir import DataDirBusy, lock_data_dir
 from tinyingest.datafiles import DatafileError, load_project, write_example_project
 
@@ -57,6 +58,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     from tinyingest.gateway import Gateway, StartupError
     from tinyingest.limits import LimitedHTTPServer, connection_cap, raise_nofile_limit
     from tinyingest.routes import make_app
+    from tinyingest.sinks import SinkError
     from tinyingest.template import TemplateError
 
     try:
@@ -81,8 +83,8 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
                       insert_sinks=insert_sinks)
     try:
         await gateway.start()
-    except (TemplateError, StartupError) as exc:  # like a datafile error: say it, exit 2
-        log.error("%s", exc)
+    except (TemplateError, StartupError, SinkError) as exc:  # like a datafile error: exit 2
+        log.error("%s", exc if not isinstance(exc, SinkError) else f"ClickHouse: {exc}")
         await gateway.close()
         return 2
     _tune_gc()
@@ -99,12 +101,14 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
         max_header_size=64 << 10,
         decompress_request=False,  # we decode bodies ourselves, with a size limit
     )
+    port = settings.port
     if sockets is None:
         server.listen(settings.port, settings.host, backlog=_BACKLOG)
     else:
         server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]  # --port 0: the one the kernel chose
     log.info("tinyingest %s listening on http://%s:%d%s", __version__, settings.host,
-             settings.port, "" if worker is None else f" (worker {worker})")
+             port, "" if worker is None else f" (worker {worker})")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -123,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("serve", help="start the gateway")
     run.add_argument("--project", default=".", help="directory with datasources/ and pipes/")
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=7181)
+    run.add_argument("--port", type=_port, default=7181,
+                     help="0-65535 (0: any free port; default 7181)")
     run.add_argument("--clickhouse", metavar="URL", default=os.environ.get(
         "TINYINGEST_CLICKHOUSE_URL"), help="clickhouse://user:password@host:9000/db "
         "(default: the embedded engine)")
     run.add_argument("--data-dir", default="./.tinyingest",
                      help="embedded engine data and local state")
-    run.add_argument("--workers", type=int, default=1,
+    run.add_argument("--workers", type=_workers, default=1,
                      help="processes sharing the port (needs --clickhouse when > 1)")
     init = commands.add_parser("init", help="write an example project")
     init.add_argument("directory")
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         print(new_token())
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     if args.command == "init":
         try:
             written = write_example_project(args.directory)
@@ -148,13 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             print(path)
         return 0
-    settings = Settings.from_env(project_dir=args.project, host=args.host, port=args.port,
-                                 clickhouse_url=args.clickhouse, data_dir=args.data_dir)
+    try:
+        settings = Settings.from_env(project_dir=args.project, host=args.host, port=args.port,
+                                     clickhouse_url=args.clickhouse, data_dir=args.data_dir)
+    except ConfigError as exc:
+        print(f"tinyingest: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1 and not settings.clickhouse_url:
         print("--workers > 1 needs --clickhouse: the embedded engine lives in one process",
               file=sys.stderr)
         return 2
-    _private_data_dir(settings.data_dir)
+    try:
+        _private_data_dir(settings.data_dir)
+    except OSError as exc:
+        print(f"tinyingest: cannot use data dir {settings.data_dir}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
     # Before anything else reads or writes the data dir (spool, tokens, chDB, metrics):
     # kept open, and inherited by --workers' children, until the process exits.
     try:
@@ -177,6 +191,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _port(text: str) -> int:
+    """``--port``: a TCP port number (argparse says what is wrong: exit 2, one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 0-65535")
+    return port
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of processes, 1 or more")
+    return workers
+
+
+class _Formatter(logging.Formatter):
+    """A traceback only for a bug of ours: a library's log record (clickhouse-driver logs
+    one with every failed connect) is printed as one line, its exception's last."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.name.startswith(("tinyingest", "tornado")):
+            exc = record.exc_info[1]
+            record = logging.makeLogRecord({
+                **record.__dict__, "msg": f"{record.getMessage()}: {type(exc).__name__}: {exc}",
+                "args": None, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # Its warnings repeat ours (every failed connect, each retry): the gateway says what
+    # ClickHouse's state means for the rows.
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
+
+
 def _private_data_dir(path: str) -> None:
     """The data dir holds tokens, spooled rows and the embedded engine's tables: nobody
     else's to read. Everything this process creates is 0600 / 0700 (chDB's files too:
@@ -195,7 +252,10 @@ def _bind(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket
         return bind_sockets(settings.port, settings.host, backlog=_BACKLOG,
                             reuse_port=reuse_port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        hint = ": another process listens there (a tinyingest serve already running?); " \
+            "stop it or pass another --port" if exc.errno == errno.EADDRINUSE else ""
+        log.error("cannot listen on %s:%d: %s%s", settings.host, settings.port,
+                  exc.strerror or exc, hint)
         return None
 
 

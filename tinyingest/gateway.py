@@ -24,7 +24,14 @@ from typing import Any
 
 from tinyingest import ddl, metrics, migrate, parser, sqlguard
 from tinyingest.auth import DATASOURCES_READ, PIPES_READ, Token
-from tinyingest.batcher import SinkPool, TableBatcher, is_transient
+from tinyingest.batcher import (
+    QUARANTINED,
+    RowsRefused,
+    SinkPool,
+    TableBatcher,
+    is_transient,
+    is_view_error,
+)
 from tinyingest.config import Settings
 from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
@@ -112,8 +119,35 @@ def _create_error(datasource: DataSource, error: SinkError) -> str:
     return message
 
 
-#: Seconds a starting gateway waits for a ClickHouse that does not answer.
-STARTUP_WAIT = 30.0
+def _address(sink: Sink) -> str:
+    host, port = getattr(sink, "host", None), getattr(sink, "port", None)
+    return f"{host}:{port}" if host is not None else str(sink)
+
+
+class _StartupWait:
+    """A starting gateway's wait for a ClickHouse that does not answer (still starting,
+    or away): said once when it begins, and once more if it ends in giving up."""
+
+    def __init__(self, sink: Sink, seconds: float) -> None:
+        self._sink = sink
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._said = False
+
+    async def retry(self, exc: SinkError, what: str) -> None:
+        """Return after a pause if ``exc`` is worth waiting out, else raise StartupError."""
+        if not is_transient(exc):
+            raise StartupError(what) from exc
+        if time.monotonic() >= self._deadline:
+            raise StartupError(
+                f"ClickHouse at {_address(self._sink)} did not answer within {self._seconds:g} s "
+                f"({exc}): start it, or check --clickhouse / TINYINGEST_CLICKHOUSE_URL; "
+                "TINYINGEST_CLICKHOUSE_STARTUP_WAIT sets how long to wait") from exc
+        if not self._said:
+            self._said = True
+            log.warning("ClickHouse is not answering yet (%s); waiting up to %g s for it",
+                        exc, self._seconds)
+        await asyncio.sleep(min(1.0, max(0.0, self._deadline - time.monotonic())))
 
 #: KILL QUERY is sent again every this many seconds while the engine does not list a
 #: query that has started (its Query packet may still be on its way), up to _KILL_FOR s.
@@ -208,14 +242,15 @@ class Gateway:
         """Create every data source's tables (idempotent), then replay the spool.
 
         A ClickHouse that does not answer yet (still starting, or busy) is waited for, up
-        to :data:`STARTUP_WAIT` seconds; a table it refuses stops the start at once.
+        to ``settings.clickhouse_startup_wait`` seconds (said once); a table it refuses
+        stops the start at once.
         """
         database = self.sink.database
-        deadline = time.monotonic() + STARTUP_WAIT
+        wait = _StartupWait(self.sink, self.settings.clickhouse_startup_wait)
         if REQUEST_LOG_TABLE in self.project.datasources:
             raise StartupError(f"data source name '{REQUEST_LOG_TABLE}' is reserved: the "
                                "gateway keeps the answers to X-Request-Id there")
-        plans = await self._schema_plans(database, deadline)
+        plans = await self._schema_plans(database, wait)
         for datasource in self.project.datasources.values():
             while True:
                 try:
@@ -223,12 +258,9 @@ class Gateway:
                         self._create, datasource, database, plans[datasource.name]))
                     break
                 except SinkError as exc:
-                    if not is_transient(exc) or time.monotonic() > deadline:
-                        raise StartupError(_create_error(datasource, exc)) from exc
-                    log.warning("ClickHouse is not answering yet (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+                    await wait.retry(exc, _create_error(datasource, exc))
                     # An ALTER may have been applied before the error: read again.
-                    plans = await self._schema_plans(database, deadline)
+                    plans = await self._schema_plans(database, wait)
             self.tables[datasource.name] = self._table(datasource)
         create_log = self.request_log.create_sql()
         await self.writer.run(lambda sink: sink.execute(create_log))
@@ -292,14 +324,21 @@ class Gateway:
         return None
 
     async def _refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                       error: SinkError) -> bool:
+                       error: SinkError) -> bool | str:
         """Rows ClickHouse will not take go to the quarantine whole, with its message.
-        False if some could not be spooled for it: they stay in the spool as they are."""
+        False if some could not be spooled for it: they stay in the spool as they are;
+        QUARANTINED once they are in the quarantine table."""
         table = self.tables[datasource.name]
         kept = True
+        futures: list[asyncio.Future[None]] = []
+        message = str(error)
+        if is_view_error(error):
+            message = (f"a materialized view on '{datasource.name}' failed, so these rows "
+                       f"may be in '{datasource.name}' too (ClickHouse stores the table "
+                       f"before its views): {message}")
         for block in blocks:
             try:
-                bad = refused_rows(datasource, block, str(error))
+                bad = refused_rows(datasource, block, message)
                 record = self.spool.append(datasource.quarantine_name, bad)
             except Exception:
                 log.exception("could not quarantine %d refused rows for %s", block.num_rows,
@@ -307,11 +346,21 @@ class Gateway:
                 kept = False
                 continue
             metrics.count_refused(datasource.name, "quarantined", block.num_rows)
-            table.quarantine.add(bad, record).add_done_callback(_consume)
+            futures.append(table.quarantine.add(bad, record))
+        if futures:
+            # The request waiting for these rows (wait=true) hears of them once they are
+            # in the quarantine table, or once ClickHouse had its time (they are spooled).
+            table.quarantine.expedite()
+            done, _ = await asyncio.wait(futures, timeout=self.settings.clickhouse_timeout)
+            for future in futures:
+                future.add_done_callback(_consume)
+            if kept and len(done) == len(futures) and \
+                    not any(f.cancelled() or f.exception() for f in futures):
+                return QUARANTINED
         return kept
 
     async def _quarantine_refused(self, datasource: DataSource, blocks: list[EncodedBlock],
-                                  error: SinkError) -> bool:
+                                  error: SinkError) -> bool | str:
         """Even the quarantine table refused rows: they stay in the spool (the next start
         inserts them again, once the table is repaired), never dropped."""
         rows = sum(block.num_rows for block in blocks)
@@ -320,7 +369,8 @@ class Gateway:
                   "and are inserted again at the next start: %s", datasource.name, rows, error)
         return False
 
-    async def _schema_plans(self, database: str, deadline: float) -> dict[str, migrate.Plan]:
+    async def _schema_plans(self, database: str,
+                            wait: _StartupWait) -> dict[str, migrate.Plan]:
         """Every data source's datafile against its live tables (see :mod:`migrate`),
         all read before anything is changed; a change that is not additive stops the
         start with every problem found, and nothing altered."""
@@ -332,11 +382,7 @@ class Gateway:
                     functools.partial(migrate.read_live, database=database, names=names))
                 break
             except SinkError as exc:
-                if not is_transient(exc) or time.monotonic() > deadline:
-                    raise StartupError(f"could not read the tables of the data sources: "
-                                       f"{exc}") from exc
-                log.warning("ClickHouse is not answering yet (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                await wait.retry(exc, f"could not read the tables of the data sources: {exc}")
         plans = {d.name: migrate.plan(d, database, live.get(d.name),
                                       live.get(d.quarantine_name)) for d in datasources}
         problems = [problem for p in plans.values() for problem in p.problems]
@@ -366,6 +412,8 @@ class Gateway:
             csv_columns=writable,
             batcher=TableBatcher(self.writer, datasource.name, ndjson, limits,
                                  on_stored=self.spool.ack,
+                                 on_rows_stored=functools.partial(metrics.count_stored,
+                                                                  datasource.name),
                                  on_refused=functools.partial(self._refused, datasource),
                                  sort=sort_plan(ndjson, datasource.engine.sorting_key)),
             quarantine=TableBatcher(self.writer, datasource.quarantine_name, (), limits,
@@ -608,7 +656,12 @@ class Ingest:
                             f"inserted when it does")
         for future in self._futures:
             error = future.exception()
-            if error is not None:
+            if isinstance(error, RowsRefused):
+                # ClickHouse refused them after they were accepted: they are in the
+                # quarantine with its message, so they count as quarantined.
+                self.successful_rows -= error.rows
+                self.quarantined_rows += error.rows
+            elif error is not None:
                 raise error
 
     def discard_results(self) -> None:

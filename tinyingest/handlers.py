@@ -516,6 +516,7 @@ class EventsHandler(IngestHandler):
         wait = self.query_argument("wait")
         if wait is not None and wait.lower() in ("true", "1"):
             await self.confirmed(ingest, body)
+            body.update(_stored_rows(ingest))  # rows ClickHouse refused: quarantined now
             await self.reply(200, body)
         else:
             ingest.discard_results()
@@ -862,6 +863,7 @@ class DataSourcesHandler(IngestHandler):
             "blocks": [],
         }
         await self.confirmed(ingest, answer)  # appends answer once the rows are in ClickHouse
+        answer.update(_stored_rows(ingest), quarantine_rows=ingest.quarantined_rows)
         await self.reply(200, answer)
 
 
