@@ -85,6 +85,9 @@ cdef class _ParserCore:
     cdef int _err_col
     cdef const char* _bad_ptr   # the offending text of a failed conversion (may be _scratch)
     cdef Py_ssize_t _bad_len
+    cdef bint _track_omitted    # some column has an expression DEFAULT: fill _omitted
+    cdef Buf _omitted           # per good row, a uint64 mask of those columns left to ClickHouse
+    cdef uint64_t _row_omitted  # that mask for the row being stored
 
     def __cinit__(self, *args, **kwargs):
         self._cols = NULL
@@ -108,6 +111,13 @@ cdef class _ParserCore:
             memset_column(&self._cols[i])
         for i in range(self._ncols):
             self._init_column(&self._cols[i], self._specs[i])
+        computed = [i for i, spec in enumerate(self._specs) if spec.expression_default]
+        if len(computed) > _pyparser.MAX_EXPRESSION_DEFAULTS:
+            raise SchemaError(f"at most {_pyparser.MAX_EXPRESSION_DEFAULTS} ingested columns "
+                              "may have an expression DEFAULT")
+        for bit, i in enumerate(computed):
+            self._cols[i].omit_bit = (<uint64_t>1) << bit
+        self._track_omitted = bool(computed)
 
     cdef _init_column(self, Column* col, spec):
         # One column (or Tuple element) from its ColumnSpec: type, enum values, DEFAULT.
@@ -188,6 +198,7 @@ cdef class _ParserCore:
         buf_free(&self._scratch)
         buf_free(&self._errdata)
         buf_free(&self._errrecs)
+        buf_free(&self._omitted)
 
     @property
     def columns(self):
@@ -235,7 +246,11 @@ cdef class _ParserCore:
             ))
         self._errdata.len = 0
         self._errrecs.len = 0
-        block = Block(self._num_rows, columns, errors)
+        omitted = None
+        if self._track_omitted:
+            omitted = PyBytes_FromStringAndSize(self._omitted.ptr, self._omitted.len)
+            self._omitted.len = 0
+        block = Block(self._num_rows, columns, errors, omitted)
         self._num_rows = 0
         return block
 
@@ -471,6 +486,16 @@ cdef class _ParserCore:
         cdef Slot* slot = &self._slots[i]
         cdef Column* col = &self._cols[i]
         cdef int rc, code
+        if slot.kind == KIND_MISSING or (slot.kind == KIND_NULL and not (
+                col.nullable and not col.depth and not col.nelems)):
+            # No value (or null where the row cannot hold NULL): the DEFAULT, if any.
+            # An expression DEFAULT is ClickHouse's to compute: the zero or empty value
+            # is stored, and the row's bit tells omit_missing to leave the column out.
+            if col.omit_bit:
+                self._row_omitted |= col.omit_bit
+                slot.kind = KIND_MISSING
+            elif col.has_default:
+                slot.kind = KIND_MISSING
         if col.nelems:
             col.marks[0] = self._num_rows  # each element holds this many values
             rc = self._store_tuple(col, slot.kind, slot.escaped, slot.ptr, slot.len)
@@ -487,7 +512,9 @@ cdef class _ParserCore:
             if rc != ERR_NONE and rc != ERR_NO_MEMORY:
                 col_undo_row(col)  # the elements stored before the bad one
         elif slot.kind == KIND_MISSING:
-            return col_append_missing(col)
+            rc = col_append_missing(col)
+            self._bad_ptr = NULL
+            self._bad_len = 0
         else:
             rc = self._store_elem(col, slot.kind, slot.escaped, slot.ptr, slot.len)
         if rc == ERR_NONE or rc == ERR_NO_MEMORY:
@@ -802,6 +829,7 @@ cdef class _ParserCore:
         cdef int rc, code
         cdef Slot* slot
         cdef Column* col
+        self._row_omitted = 0
         for i in range(self._ncols):
             slot = &self._slots[i]
             col = &self._cols[i]
@@ -820,6 +848,11 @@ cdef class _ParserCore:
                 return rc
             if rc != ERR_NONE:
                 return ERR_NONE  # a bad row, recorded
+        if self._track_omitted and buf_append(&self._omitted, <const char*>&self._row_omitted,
+                                              sizeof(uint64_t)) < 0:
+            for i in range(self._ncols):
+                col_undo_row(&self._cols[i])
+            return ERR_NO_MEMORY
         self._num_rows += 1
         return ERR_NONE
 

@@ -46,6 +46,7 @@ cdef enum ErrorCode:
     ERR_DUPLICATE_KEY = 9
     ERR_FIELD_COUNT = 10
     ERR_BAD_CSV = 11
+    ERR_MISSING = 12
     # not a row error: malloc failed; feed() raises MemoryError
     ERR_NO_MEMORY = 100
 

@@ -26,6 +26,7 @@ cdef struct Column:
     Buf nulls           # Nullable only: 1 byte per row, 1 = NULL
     bint has_default    # a literal DEFAULT was declared
     Buf default_value   # that DEFAULT, already converted (value bytes)
+    uint64_t omit_bit   # an expression DEFAULT: its bit in the row's omitted mask; else 0
     Py_ssize_t length   # FixedString(N): N (its values are held like String's)
     Buf enum_names      # Enum8/16: the names' bytes, concatenated
     Buf enum_entries    # Enum8/16: EnumEntry array
@@ -133,9 +134,13 @@ cdef int col_append_zero(Column* col, char null_flag) noexcept nogil:
 
 
 cdef int col_append_missing(Column* col) noexcept nogil:
+    # A scalar column without a value: its literal DEFAULT, NULL, or the zero standing
+    # for an expression DEFAULT (ClickHouse computes it); else ERR_MISSING (col untouched).
     if col.has_default:
         return col_append_value(col, col.default_value.ptr, col.default_value.len, 0)
-    return col_append_zero(col, 1 if col.nullable else 0)
+    if col.nullable or col.omit_bit:
+        return col_append_zero(col, 1 if col.nullable else 0)
+    return ERR_MISSING
 
 
 cdef inline void col_mark_row(Column* col) noexcept nogil:

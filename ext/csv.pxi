@@ -340,7 +340,7 @@ cdef class CSVParser(_ParserCore):
                     slot.kind = KIND_NULL
                 elif field.len == 2:
                     slot.kind = KIND_NULL  # _store reports the NULL error with the text
-                elif col.has_default:
+                elif col.has_default or col.omit_bit:
                     slot.kind = KIND_MISSING
             elif col.depth:
                 slot.kind = KIND_CSV_TEXT

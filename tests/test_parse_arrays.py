@@ -38,8 +38,9 @@ NULL = int(ErrorCode.NULL)
 Result = tuple[int, Block]
 
 
-def col(ch_type: str, jsonpath: str = "$.v", name: str = "v") -> ColumnSpec:
-    return ColumnSpec.build(name, ch_type, jsonpath)
+def col(ch_type: str, jsonpath: str = "$.v", name: str = "v",
+        default: str | None = None) -> ColumnSpec:
+    return ColumnSpec.build(name, ch_type, jsonpath, "DEFAULT" if default else None, default)
 
 
 def run(module: ModuleType, columns: Sequence[ColumnSpec], chunks: Sequence[bytes]) -> Result:
@@ -199,7 +200,7 @@ def test_bad_elements_quarantine_the_row(parser_module: ModuleType) -> None:
 
 
 def test_invalid_utf8_in_an_element(parser_module: ModuleType) -> None:
-    columns = [col("Array(String)", "$.a", "a"), col("String", "$.a[1]", "one")]
+    columns = [col("Array(String)", "$.a", "a"), col("String", "$.a[1]", "one", "''")]
     _, block = parse(parser_module, columns,
                      b'{"a":["x","\\ud800"]}\n{"a":["\\ud800"]}\n{"a":["\xff"]}\n{"a":["ok"]}\n')
     # Found while scanning: an element a path reaches names its column.
@@ -210,9 +211,9 @@ def test_invalid_utf8_in_an_element(parser_module: ModuleType) -> None:
 
 
 def test_element_paths() -> None:
-    columns = [col("Int32", "$.a[0]", "first"), col("Nullable(Int32)", "$.a[2]", "third"),
-               col("Array(Int32)", "$.a", "all"), col("String", "$.o[1].name", "name"),
-               col("String", "$.o[0]", "obj"), col("UInt8", "$.m[1][0]", "deep")]
+    columns = [col("Int32", "$.a[0]", "first", "0"), col("Nullable(Int32)", "$.a[2]", "third"),
+               col("Array(Int32)", "$.a", "all"), col("String", "$.o[1].name", "name", "''"),
+               col("String", "$.o[0]", "obj", "''"), col("UInt8", "$.m[1][0]", "deep", "0")]
     body = lines(
         {"a": [10, 20, 30], "o": [{"name": "x"}, {"name": "y", "z": 1}], "m": [[1], [2, 3]]},
         {"a": [5], "o": {"1": {"name": "no"}}, "m": 4},
@@ -332,7 +333,9 @@ EXPECTED = [
 
 
 def _merge_specs() -> list[ColumnSpec]:
-    return [ColumnSpec.build(name, ch_type, path) for name, ch_type, path in MERGE_COLUMNS]
+    # e ($.i[1]) is missing where i has one element or none: its DEFAULT 0.
+    return [ColumnSpec.build(name, ch_type, path, *(("DEFAULT", "0") if name == "e" else ()))
+            for name, ch_type, path in MERGE_COLUMNS]
 
 
 def test_merged_blocks_equal_one_block(parser_module: ModuleType) -> None:

@@ -7,6 +7,7 @@ fed one byte at a time and split at every offset (:func:`parsers.parse`).
 
 from __future__ import annotations
 
+from array import array
 from types import ModuleType
 from typing import Any
 
@@ -189,6 +190,32 @@ def test_backslash_n_is_null(parser_module: ModuleType) -> None:
     columns = [col("Nullable(Int32)", None, "n"), col("String", None, "s")]
     check(parser_module, columns, b'\\N,x\n1,"\\N"\n1,\\N\n2,\\Nx\n', [
         (None, b"x"), (1, b"\\N"), (2, b"\\Nx")], [(b"1,\\N", 1, E.NULL, b"\\N")])
+
+
+def test_backslash_n_into_a_column_with_default_is_the_default(parser_module: ModuleType) -> None:
+    # As JSON null (and ClickHouse's input_format_null_as_default): the DEFAULT, if any.
+    columns = [col("Int32", None, "n", default="3"), col("String", None, "s")]
+    check(parser_module, columns, b'\\N,x\n1,\\N\n', [(3, b"x")], [(b"1,\\N", 1, E.NULL, b"\\N")])
+
+
+def test_empty_field_with_expression_default_is_left_to_clickhouse(
+        parser_module: ModuleType) -> None:
+    columns = [col("Int8", None, "a"), col("DateTime", None, "t", default="now()")]
+    check(parser_module, columns, b"1,5\n2,\n3,\\N\n4,\"\"\n", [(1, 5), (2, 0), (3, 0)],
+          [(b'4,""', 1, E.BAD_VALUE, b"")])
+    parser = parser_module.CSVParser(columns)
+    parser.feed(b"1,5\n2,\n3,\\N\n")
+    parser.finish()
+    assert array("Q", parser.take_block().omitted).tolist() == [0, 1, 1]
+
+
+def test_record_with_fewer_fields_is_quarantined(parser_module: ModuleType) -> None:
+    # Not padded with defaults (Tinybird and ClickHouse's CSV both refuse the record).
+    columns = [col("Int8", None, "a"), col("Nullable(String)", None, "b"),
+               col("Int8", None, "c", default="1")]
+    check(parser_module, columns, b"1,x,2\n1,x\n1\n", [(1, b"x", 2)], [
+        (b"1,x", -1, E.FIELD_COUNT, b"expected 3, got 2"),
+        (b"1", -1, E.FIELD_COUNT, b"expected 3, got 1")])
 
 
 def test_nul_and_high_bit_bytes(parser_module: ModuleType) -> None:

@@ -80,7 +80,8 @@ def test_map_column_refuses_a_default(parser_module: ModuleType) -> None:
 
 def test_ndjson_maps() -> None:
     columns = [col("Map(String, Int32)", "i"), col("Map(String, Nullable(String))", "s"),
-               col("Map(String, Float64)", "f"), col("String", "k", "$.i.a")]
+               col("Map(String, Float64)", "f"),
+               ColumnSpec.build("k", "String", "$.i.a", "DEFAULT", "''")]
     body = lines(
         {"i": {"a": 1, "b": -2}, "s": {"x": "y", "n": None, "o": {"k": [1, 2]}, "l": []},
          "f": {"": 1.5}},

@@ -10,13 +10,14 @@ from __future__ import annotations
 import calendar
 import datetime
 import struct
+from array import array
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from parsers import col, errors, parse, parser_module, rows, run
-from tinyingest.errors import ErrorCode
+from parsers import col, errors, make_parser, parse, parser_module, rows, run
+from tinyingest.errors import ErrorCode, row_error_message
 from tinyingest.schema import ColumnSpec, SchemaError
 
 __all__ = ["parser_module"]  # the fixture, imported for pytest
@@ -217,8 +218,9 @@ def test_high_bit_bytes_in_valid_utf8(parser_module: ModuleType) -> None:
 def test_low_cardinality_string(parser_module: ModuleType) -> None:
     columns = [col("LowCardinality(String)", "$.a", "a"),
                col("LowCardinality(Nullable(String))", "$.b", "b")]
-    check(parser_module, columns, lines(b'{"a":"x","b":"y"}', b'{"a":"x","b":null}', b"{}"),
-          [(b"x", b"y"), (b"x", None), (b"", None)], [])
+    check(parser_module, columns, lines(b'{"a":"x","b":"y"}', b'{"a":"x","b":null}', b"{}",
+                                        b'{"a":"z"}'),
+          [(b"x", b"y"), (b"x", None), (b"z", None)], [(b"{}", 0, E.MISSING, b"")])
 
 
 # -- Date and DateTime ---------------------------------------------------------------------
@@ -325,23 +327,75 @@ def test_nullable(parser_module: ModuleType) -> None:
           [(None, None, None, None), (None, None, None, None), (5, b"", 0.5, 9)], [])
 
 
-def test_missing_is_default_literal_then_null_then_zero(parser_module: ModuleType) -> None:
+def test_missing_is_default_literal_then_null(parser_module: ModuleType) -> None:
     columns = [col("Int32", "$.a", "a", default="7"), col("String", "$.b", "b", default="'it''s'"),
                col("Nullable(Int8)", "$.c", "c", default="-1"), col("Nullable(String)", "$.d", "d"),
-               col("UInt8", "$.e", "e"), col("String", "$.f", "f"), col("Float32", "$.g", "g"),
+               col("UInt8", "$.e", "e", default="0"), col("String", "$.f", "f", default="''"),
                col("Date", "$.h", "h", default="'1970-01-05'"),
                col("DateTime", "$.i", "i", default="'1970-01-01 00:01:00'")]
-    check(parser_module, columns, lines(b"{}", b'{"c":null}'), [
-        (7, b"it's", -1, None, 0, b"", 0.0, 4, 60), (7, b"it's", None, None, 0, b"", 0.0, 4, 60),
+    # null: NULL for a Nullable column, the DEFAULT for the others (as missing).
+    check(parser_module, columns, lines(b"{}", b'{"c":null,"a":null,"h":null}'), [
+        (7, b"it's", -1, None, 0, b"", 4, 60), (7, b"it's", None, None, 0, b"", 4, 60),
     ], [])
+
+
+@pytest.mark.parametrize("ch_type", ["UInt8", "String", "Float32", "DateTime", "Date",
+                                     "LowCardinality(String)", "FixedString(2)", "UUID",
+                                     "Enum8('a' = 1)", "Decimal(9, 2)", "IPv4"])
+def test_missing_without_default_is_quarantined(parser_module: ModuleType, ch_type: str) -> None:
+    # Tinybird quarantines the row; the gateway stored the type's zero ({} became a
+    # 1970-01-01 row).
+    columns = [col("Nullable(String)", "$.n", "n"), col(ch_type, "$.v", "v"),
+               col("Int8", "$.k", "k", default="1")]
+    result = parse(parser_module, "ndjson", columns,
+                   lines(b"{}", b'{"n":"x","k":2}', b'{"v":null}', b'{"w":{"v":1}}'))
+    assert result[1] == 0
+    assert errors(result) == [
+        (b"{}", 1, E.MISSING, b""), (b'{"n":"x","k":2}', 1, E.MISSING, b""),
+        (b'{"v":null}', 1, E.NULL, b"null"), (b'{"w":{"v":1}}', 1, E.MISSING, b""),
+    ]
+
+
+def test_missing_reason_names_the_column() -> None:
+    assert row_error_message(E.MISSING, "ts", "DateTime", b"") == \
+        "missing value on column 'ts': DateTime is not Nullable and has no DEFAULT"
 
 
 def test_null_into_non_nullable_is_quarantined(parser_module: ModuleType) -> None:
     columns = [col("String", "$.a", "a"), col("Int32", "$.b", "b", default="3")]
     check(parser_module, columns, lines(b'{"a":"x","b":null}', b'{"a":null,"b":1}',
                                         b'{"a":"y"}'),
-          [(b"y", 3)], [(b'{"a":"x","b":null}', 1, E.NULL, b"null"),
-                        (b'{"a":null,"b":1}', 0, E.NULL, b"null")])
+          [(b"x", 3), (b"y", 3)], [(b'{"a":null,"b":1}', 0, E.NULL, b"null")])
+
+
+def test_expression_default_is_left_to_clickhouse(parser_module: ModuleType) -> None:
+    # The parser cannot compute now(): the zero is stored and the row's bit set, for
+    # omit_missing to insert the row without the column. A null where the column is
+    # Nullable is NULL, not the DEFAULT.
+    columns = [col("Int8", "$.a", "a"), col("DateTime", "$.t", "t", default="now()"),
+               col("Nullable(String)", "$.s", "s", default="concat('a', 'b')")]
+    body = lines(b'{"a":1,"t":5,"s":"x"}', b'{"a":2}', b'{"a":3,"t":null,"s":null}',
+                 b'{"t":1}', b'{"a":4,"s":"y"}')
+    check(parser_module, columns, body,
+          [(1, 5, b"x"), (2, 0, None), (3, 0, None), (4, 0, b"y")],
+          [(b'{"t":1}', 0, E.MISSING, b"")])
+    for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
+        parser = make_parser(parser_module, "ndjson", columns)
+        for chunk in chunks:
+            parser.feed(chunk)
+        parser.finish()
+        block = parser.take_block()
+        assert array("Q", block.omitted).tolist() == [0, 0b11, 0b01, 0b01]
+        assert parser.take_block().omitted == b""
+    # An Array: missing or null is [] here, and the row's bit is set.
+    parser = make_parser(parser_module, "ndjson", [col("Array(Int8)", "$.r", "r", default="[1]")])
+    parser.feed(lines(b'{"r":[2]}', b"{}", b'{"r":null}'))
+    parser.finish()
+    block = parser.take_block()
+    assert block.columns[0].offsets == struct.pack("<3Q", 1, 1, 1)
+    assert array("Q", block.omitted).tolist() == [0, 1, 1]
+    # Without such a column there is no mask.
+    assert make_parser(parser_module, "ndjson", [col("Int8")]).take_block().omitted is None
 
 
 @pytest.mark.parametrize(("ch_type", "default"), [("Int8", "300"), ("UInt8", "'abc'"),
@@ -366,9 +420,10 @@ def test_column_without_jsonpath_is_a_schema_error(parser_module: ModuleType) ->
 
 
 def test_nested_paths(parser_module: ModuleType) -> None:
-    columns = [col("Int32", "$.a.b", "ab"), col("String", "$.a", "a"),
-               col("String", "$['a b']", "sp"), col("String", "$.a.c.d", "acd"),
-               col("Int32", "$.a.b", "ab2")]
+    columns = [col("Int32", "$.a.b", "ab", default="0"), col("String", "$.a", "a"),
+               col("String", "$['a b']", "sp", default="''"),
+               col("String", "$.a.c.d", "acd", default="''"),
+               col("Int32", "$.a.b", "ab2", default="0")]
     body = lines(b'{"a":{"b":5,"c":{"d":"deep"}},"a b":"space"}', b'{"a":{}}', b'{"a":1}',
                  b'{"a":null,"x":{"a":{"b":9}}}', b'{"a":[{"b":1}]}')
     check(parser_module, columns, body, [
@@ -381,13 +436,13 @@ def test_nested_paths(parser_module: ModuleType) -> None:
 
 def test_nested_paths_null_parent(parser_module: ModuleType) -> None:
     # A null or array where an object was expected: the leaves below are missing.
-    columns = [col("Int32", "$.a.b", "ab"), col("Nullable(String)", "$.a", "a")]
+    columns = [col("Int32", "$.a.b", "ab", default="0"), col("Nullable(String)", "$.a", "a")]
     check(parser_module, columns, lines(b'{"a":null}', b'{"a":[{"b":1}]}', b'{"a":"s"}'),
           [(0, None), (0, b'[{"b":1}]'), (0, b"s")], [])
 
 
 def test_whole_row_path(parser_module: ModuleType) -> None:
-    columns = [col("String", "$", "row"), col("Int8", "$.a", "a")]
+    columns = [col("String", "$", "row"), col("Int8", "$.a", "a", default="0")]
     check(parser_module, columns, lines(b' { "a" : 1 , "b" : [ 1 , "x y" ] , "c":{"d":null} } ',
                                         b"{}"),
           [(b'{"a":1,"b":[1,"x y"],"c":{"d":null}}', 1), (b"{}", 0)], [])
@@ -406,7 +461,7 @@ def test_object_into_number_is_bad_value(parser_module: ModuleType) -> None:
 
 
 def test_duplicate_keys(parser_module: ModuleType) -> None:
-    columns = [col("Int8", "$.a", "a"), col("Int8", "$.b.c", "bc")]
+    columns = [col("Int8", "$.a", "a", default="0"), col("Int8", "$.b.c", "bc", default="0")]
     body = lines(b'{"a":1,"a":2}', b'{"b":{"c":1},"b":{"c":2}}', b'{"a":1,"x":1,"x":2}',
                  b'{"b":1,"b":{"c":3}}', b'{"a":1,"b":{"c":1,"c":null}}')
     check(parser_module, columns, body, [(1, 0), (0, 3)], [
@@ -420,8 +475,8 @@ def test_keys_in_changing_order_and_spellings(parser_module: ModuleType) -> None
     # The C scan first compares each key with the one that followed in the last row:
     # other orders, unknown keys, a longer key sharing the prefix, escaped spellings and
     # a key that needs an escape (q\k) must still find (or miss) the right column.
-    columns = [col("Int8", "$.ts", "ts"), col("Int8", "$.t", "t"), col("Int8", "$.g.x", "gx"),
-               col("Int8", "$.q\\k", "bs")]
+    columns = [col("Int8", "$.ts", "ts", default="0"), col("Int8", "$.t", "t", default="0"),
+               col("Int8", "$.g.x", "gx", default="0"), col("Int8", "$.q\\k", "bs", default="0")]
     body = lines(b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}', b'{"ts":1,"t":2,"g":{"x":3},"q\\\\k":4}',
                  b'{"t":5,"ts":6}', b'{"tsx":9,"ts":7,"zz":0,"t":8}', b'{"t\\u0073":1,"\\u0074":2}',
                  b'{"g":{"y":1,"x":4},"ts":3}', b'{"ts":1,"t\\u0073":2}', b'{"ts":1,"t":2,"t":3}')
@@ -585,7 +640,8 @@ def test_a_key_like_the_last_rows_key_is_not_taken_for_it(parser_module: ModuleT
     ``{"azzz": ...}`` after ``{"abcd": ...}`` filled column abcd, and ``{"abc": ...}``
     after it was refused as invalid JSON."""
     key = "abcdefghijklmnopq"[:length]
-    columns = [col("String", f"$.{key}", "known"), col("String", "$.other", "other")]
+    columns = [col("String", f"$.{key}", "known", default="''"),
+               col("String", "$.other", "other")]
     lookalikes = [key[:-1] + "Z", key[0] + "z" * (length - 1), key[:-1], key + "Z"]
     body = b"".join(b'{"%s": "%s", "other": "o"}\n' % (key.encode(), key.encode())
                     + b'{"%s": "wrong", "other": "o"}\n' % other.encode()

@@ -166,11 +166,15 @@ def test_fixed_string(parser_module: Any) -> None:
 
 def test_fixed_string_missing_null_and_default(parser_module: Any) -> None:
     columns = [col("Nullable(FixedString(3))", "$.a", "a"),
-               col("FixedString(3)", "$.b", "b"),
-               col("FixedString(3)", "$.c", "c", default="'xy'")]
-    result = parse(parser_module, "ndjson", columns, b'{"a":null}\n{"a":"q","b":"r","c":"s"}\n')
+               col("FixedString(3)", "$.b", "b", default="''"),
+               col("FixedString(3)", "$.c", "c", default="'xy'"),
+               col("FixedString(3)", "$.d", "d")]
+    result = parse(parser_module, "ndjson", columns,
+                   b'{"a":null,"d":"t"}\n{"a":"q","b":"r","c":"s","d":"u"}\n{"a":"z"}\n')
     decoded = [decode_values(spec, *data, result[1]) for spec, data in zip(columns, result[2])]
-    assert decoded == [[None, b"q\0\0"], [b"\0\0\0", b"r\0\0"], [b"xy\0", b"s\0\0"]]
+    assert decoded == [[None, b"q\0\0"], [b"\0\0\0", b"r\0\0"], [b"xy\0", b"s\0\0"],
+                       [b"t\0\0", b"u\0\0"]]
+    assert errors(result) == [(b'{"a":"z"}', 3, ErrorCode.MISSING, b"")]
 
 
 def test_enum(parser_module: Any) -> None:
@@ -300,8 +304,9 @@ def test_null_and_missing(parser_module: Any, ch_type: str) -> None:
     assert decode_values(spec, *result[2][0], result[1]) == [None, None]
     plain = col(ch_type)
     result = parse(parser_module, "ndjson", [plain], b'{"v":null}\n{}\n')
-    assert [e[2] for e in errors(result)] == [int(ErrorCode.NULL)]
-    assert result[1] == 1  # the missing value is the type's zero
+    # Neither Nullable nor a DEFAULT: both rows are quarantined (Tinybird's rule).
+    assert [e[2] for e in errors(result)] == [int(ErrorCode.NULL), int(ErrorCode.MISSING)]
+    assert result[1] == 0
 
 
 # -- the two implementations agree on arbitrary text ----------------------------------------

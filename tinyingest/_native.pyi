@@ -10,7 +10,9 @@ per :class:`~tinyingest.block.Block`, columnar buffers (values, int64 string off
 one-byte null maps, little-endian; an Array or Map column as its Native payload: UInt64
 row end offsets in ``offsets``, the nested payload in ``values``; a Tuple column as its
 Native payload in ``values``: each element's null map and values, one after the other) and the bad rows as
-:class:`~tinyingest.block.RowError`. Nothing is created per good row. Bad rows never
+:class:`~tinyingest.block.RowError`, plus, when some column has an expression DEFAULT,
+``Block.omitted``: one uint64 mask per good row of the columns it had no value for.
+Nothing is created per good row. Bad rows never
 raise: only ``MemoryError`` does, and ``SchemaError`` / ``ValueError`` at construction.
 """
 

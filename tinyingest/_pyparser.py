@@ -10,10 +10,16 @@ Policy (both formats, both implementations):
   integers ``[+-]?digits`` or ``true``/``false``; floats ``[+-]?(d+[.d*]|.d+)[e[+-]d+]``
   (no NaN/Infinity); Date/DateTime see :func:`_parse_datetime`. A JSON object or
   array read into a String column is stored as its compact JSON text.
-* Missing value (JSON key absent, CSV field empty and unquoted): the column's literal
-  DEFAULT if it has one, else NULL for Nullable, else the type's zero (JSON) /
-  the empty text (CSV: String '' and an error for other types).
-* JSON ``null`` and CSV ``\\N``: NULL for Nullable columns, else the row is quarantined.
+* Missing value (JSON key absent, CSV field empty and unquoted): the column's DEFAULT
+  if it has one, else NULL for Nullable; else in NDJSON the row is quarantined
+  (``MISSING``), and in CSV the empty text is read as the type (String ``''``, an error
+  for other types), as Tinybird does. A literal DEFAULT (``0``, ``'none'``) is stored
+  by the parser; an expression (``now()``, ``toDate(ts)``) is left to ClickHouse: the
+  column holds the type's zero and the row's bit in ``Block.omitted`` is set
+  (:func:`tinyingest.native.omit_missing` then inserts such rows without the column).
+* JSON ``null`` and CSV ``\\N``: NULL for Nullable columns, else the DEFAULT if the
+  column has one (as ClickHouse's ``input_format_null_as_default``), else the row is
+  quarantined (``NULL``).
 * More types (each else quarantined as not that type, ``BAD_VALUE``): ``Bool`` reads
   ``true``/``false``/``1``/``0`` (JSON booleans, numbers or strings; stored as UInt8);
   ``UUID`` the canonical ``8-4-4-4-12`` hex form, either case (stored as ClickHouse does:
@@ -33,8 +39,9 @@ Policy (both formats, both implementations):
   ``IPv6`` RFC 4291 text with at most one ``::`` and an optional dotted-quad tail, or a
   plain IPv4 address stored IPv4-mapped (16 bytes, network order).
 * ``Array(T)`` / ``Array(Array(T))``: in NDJSON the value must be a JSON array (of
-  arrays); JSON ``null`` or a missing value is the empty array, at any level (no DEFAULT
-  is taken). Each element is read as a value of T by the rules above (a ``null``
+  arrays); JSON ``null`` or a missing value is the empty array, at any level (ClickHouse's
+  default for an Array; an expression DEFAULT of the column is left to ClickHouse as
+  above). Each element is read as a value of T by the rules above (a ``null``
   element: NULL for ``Nullable(T)``, else ``NULL``); any other value where an array is
   expected is ``BAD_VALUE``. A bad element quarantines the row, naming the column, with
   the element's text as the value. The column's block data is Native-ready: ``offsets``
@@ -94,6 +101,9 @@ _DIGITS = b"0123456789"
 
 # Value kinds found for a column in one row (_CSV_TEXT: a CSV field for an Array/Map).
 _MISSING, _NULL, _TEXT, _JSON_STRING, _NESTED, _CSV_TEXT = range(6)
+
+#: Ingested columns with an expression DEFAULT a parser takes (bits of Block.omitted).
+MAX_EXPRESSION_DEFAULTS = 64
 
 _INT_RANGES: dict[TypeCode, tuple[int, int, str]] = {
     TypeCode.INT8: (-(1 << 7), (1 << 7) - 1, "<b"),
@@ -497,7 +507,8 @@ def convert_text(text: bytes, spec: ColumnSpec) -> bytes:
 
 class _Column:
     __slots__ = ("spec", "code", "width", "zero", "nullable", "values", "offsets", "nulls",
-                 "default", "depth", "ends", "is_map", "keys", "elements")
+                 "default", "depth", "ends", "is_map", "keys", "elements", "omit_bit",
+                 "top_nullable")
 
     def __init__(self, spec: ColumnSpec) -> None:
         self.spec = spec
@@ -519,6 +530,10 @@ class _Column:
         self.values = bytearray()
         self.offsets = array("q", [0])
         self.nulls = bytearray()
+        # The row itself may be NULL (not an Array's or a Tuple's elements).
+        self.top_nullable = self.nullable and not self.depth and not self.elements
+        # Expression DEFAULT: the bit of Block.omitted for this column (set by the parser).
+        self.omit_bit = 0
         self.default: bytes | None = None
         if spec.default_text is not None:
             try:
@@ -631,6 +646,15 @@ class _ParserBase:
 
     def __init__(self, columns: Sequence[ColumnSpec], *, max_row_bytes: int) -> None:
         self._columns = [_Column(spec) for spec in columns]
+        computed = [c for c in self._columns if c.spec.expression_default]
+        if len(computed) > MAX_EXPRESSION_DEFAULTS:
+            raise SchemaError(f"at most {MAX_EXPRESSION_DEFAULTS} ingested columns may have "
+                              "an expression DEFAULT")
+        for bit, column in enumerate(computed):
+            column.omit_bit = 1 << bit
+        # Block.omitted, one mask per stored row; None without expression DEFAULTs.
+        self._omitted: array[int] | None = array("Q") if computed else None
+        self._row_omitted = 0  # the mask of the row being parsed
         self._max_row_bytes = max_row_bytes
         self._num_rows = 0
         self._errors: list[RowError] = []
@@ -649,9 +673,12 @@ class _ParserBase:
 
     def take_block(self) -> Block:
         """Hand over the rows parsed so far and start a new block."""
-        block = Block(self._num_rows, [c.take() for c in self._columns], self._errors)
+        omitted = self._omitted.tobytes() if self._omitted is not None else None
+        block = Block(self._num_rows, [c.take() for c in self._columns], self._errors, omitted)
         self._num_rows = 0
         self._errors = []
+        if self._omitted is not None:
+            self._omitted = array("Q")
         return block
 
     def _strip_bom(self, data: bytes) -> bytes:
@@ -676,6 +703,7 @@ class _ParserBase:
 
     def _row(self, row: bytes) -> None:
         marks = [c.mark() for c in self._columns]
+        self._row_omitted = 0
         try:
             self._parse_row(row)
         except _BadRow as bad:
@@ -683,6 +711,8 @@ class _ParserBase:
                 column.rollback(mark)
             self._errors.append(RowError(bytes(row), bad.column, int(bad.code), bad.value))
             return
+        if self._omitted is not None:
+            self._omitted.append(self._row_omitted)
         self._num_rows += 1
 
     def _carry(self, rest: bytes) -> None:
@@ -704,6 +734,13 @@ class _ParserBase:
     def _store(self, index: int, kind: int, text: bytes) -> None:
         """Convert one found value into column ``index`` or raise _BadRow."""
         column = self._columns[index]
+        if kind == _MISSING or (kind == _NULL and not column.top_nullable):
+            # No value (or null where NULL cannot be stored): the DEFAULT, if any.
+            if column.omit_bit:
+                self._row_omitted |= column.omit_bit
+                kind = _MISSING  # the zero / empty value here; ClickHouse computes it
+            elif column.default is not None:
+                kind = _MISSING
         if column.elements:
             self._store_tuple(index, kind, text)
             return
@@ -718,8 +755,10 @@ class _ParserBase:
         if kind == _MISSING:
             if column.default is not None:
                 column.append(column.default)
-            else:
+            elif column.nullable or column.omit_bit:
                 column.append_zero(column.nullable)
+            else:
+                raise _BadRow(ErrorCode.MISSING, index)
             return
         self._store_element(index, kind, text)
 
@@ -1417,9 +1456,9 @@ class CSVParser(_ParserBase):
                 if column.nullable:
                     self._store(index, _NULL, b"")
                     continue
-                if text == b"\\N":
+                if text == b"\\N" and column.default is None and not column.omit_bit:
                     raise _BadRow(ErrorCode.NULL, index, text)
-                if column.default is not None:
+                if column.default is not None or column.omit_bit:
                     self._store(index, _MISSING, b"")
                     continue
             self._store(index, _TEXT, text)

@@ -47,6 +47,13 @@ class Block:
     num_rows: int
     columns: list[ColumnData]
     errors: list[RowError] = field(default_factory=list)
+    #: For columns with an expression DEFAULT (``DEFAULT now()``, see
+    #: :attr:`~tinyingest.schema.ColumnSpec.expression_default`): one native-order UInt64
+    #: per row, bit ``k`` set when the row had no value for the k-th such column of the
+    #: parser (in column order): the block holds the type's zero there, and ClickHouse
+    #: must compute the DEFAULT (:func:`tinyingest.native.omit_missing`). None when the
+    #: parser has no such column.
+    omitted: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ class ErrorCode(enum.IntEnum):
     DUPLICATE_KEY = 9  # the same field twice in one row
     FIELD_COUNT = 10  # CSV record with the wrong number of fields
     BAD_CSV = 11  # unterminated quote, text after a closing quote
+    MISSING = 12  # no value for a column that is neither Nullable nor has a DEFAULT
 
 
 #: Deepest JSON nesting accepted (the row object is depth 1).
@@ -50,6 +51,8 @@ def row_error_message(code: int, column: str | None, ch_type: str | None, value:
             return f"value '{text}'{where} is out of range for {ch_type}"
         case ErrorCode.NULL:
             return f"null value{where}, which is not Nullable({ch_type})"
+        case ErrorCode.MISSING:
+            return f"missing value{where}: {ch_type} is not Nullable and has no DEFAULT"
         case ErrorCode.INVALID_UTF8:
             return f"invalid UTF-8{where}"
         case ErrorCode.INVALID_JSON:

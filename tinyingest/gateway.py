@@ -37,7 +37,7 @@ from tinyingest.datafiles import DataSource, Node, Pipe, Project
 from tinyingest.errors import ErrorCode
 from tinyingest.idempotency import REQUEST_LOG_TABLE, RecentRequests, RequestLog
 from tinyingest.block import Block, EncodedBlock
-from tinyingest.native import encode_block, sort_plan
+from tinyingest.native import encode_block, omit_missing, sort_plan
 from tinyingest.pipes import (
     CompiledQuery,
     check_pipe,
@@ -679,9 +679,10 @@ def promise(spool: Spool, table: Table, columns: Sequence[ColumnSpec], block: Bl
     datasource = table.datasource
     # Spooled before the batcher sees it: once added, a block is promised.
     if block.num_rows:
-        encoded = encode_block(columns, block)
-        record = spool.append(datasource.name, encoded)
-        futures.append(table.batcher.add(encoded, record))
+        # Rows without a value for an expression DEFAULT go without that column.
+        for encoded in omit_missing(columns, block.omitted, encode_block(columns, block)):
+            record = spool.append(datasource.name, encoded)
+            futures.append(table.batcher.add(encoded, record))
     if block.errors:
         bad = quarantine_rows(datasource, columns, block.errors, csv_delimiter=csv_delimiter,
                               import_id=import_id, max_row_bytes=max_row_bytes)

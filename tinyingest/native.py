@@ -75,6 +75,7 @@ __all__ = [
     "encode_low_cardinality_fixed",
     "encode_low_cardinality_fixed_py",
     "encode_rows",
+    "omit_missing",
     "split_block",
     "encode_strings",
     "encode_strings_py",
@@ -563,6 +564,47 @@ def encode_rows(names: Sequence[str], types: Sequence[str],
         buffer.flush()
         payloads.append(b"".join(collect.parts))
     return EncodedBlock(tuple(names), tuple(types), len(rows), tuple(payloads))
+
+
+def omit_missing(columns: Sequence[ColumnSpec], omitted: bytes | None,
+                 block: EncodedBlock) -> list[EncodedBlock]:
+    """``block`` as blocks whose rows all have a value for each column they carry: the
+    columns with an expression DEFAULT that a row had no value for are left out of its
+    block, for ClickHouse to compute (an INSERT fills the columns it does not name with
+    their DEFAULT; Native has no per-row "use the default").
+
+    :param columns: the block's columns; bit ``k`` of a row's mask in ``omitted`` is the
+        k-th of them with :attr:`~tinyingest.schema.ColumnSpec.expression_default`.
+    :param omitted: :attr:`Block.omitted <tinyingest.block.Block.omitted>`.
+
+    When every row misses the same columns (the usual case: a client never sends that
+    field) their payloads are dropped as they are; rows that differ are decoded and
+    encoded again by group (slow path), each group in the rows' order.
+    """
+    if omitted is None or not omitted.strip(b"\0"):
+        return [block]
+    masks = array.array("Q")
+    masks.frombytes(omitted)
+    computed = [index for index, spec in enumerate(columns) if spec.expression_default]
+    distinct = dict.fromkeys(masks)
+
+    def kept(mask: int) -> list[int]:
+        gone = {computed[bit] for bit in range(len(computed)) if mask >> bit & 1}
+        return [index for index in range(len(block.names)) if index not in gone]
+
+    if len(distinct) == 1:
+        keep = kept(masks[0])
+        return [EncodedBlock(tuple(block.names[i] for i in keep),
+                             tuple(block.types[i] for i in keep), block.num_rows,
+                             tuple(block.payloads[i] for i in keep))]
+    rows = decode_rows(block)
+    parts: list[EncodedBlock] = []
+    for mask in distinct:
+        keep = kept(mask)
+        parts.append(encode_rows([block.names[i] for i in keep], [block.types[i] for i in keep],
+                                 [[row[i] for i in keep] for row, row_mask in zip(rows, masks)
+                                  if row_mask == mask]))
+    return parts
 
 
 def split_block(block: EncodedBlock) -> tuple[EncodedBlock, EncodedBlock]:

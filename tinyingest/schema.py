@@ -523,6 +523,12 @@ class ColumnSpec(ParsedType):
         )
 
     @property
+    def expression_default(self) -> bool:
+        """True for a ``DEFAULT`` the parsers cannot compute (``now()``, ``toDate(ts)``):
+        a row without a value leaves the column to ClickHouse."""
+        return self.default_kind == "DEFAULT" and self.default_text is None
+
+    @property
     def ingested(self) -> bool:
         """True when rows carry this column (it has a path and is not computed)."""
         return self.path is not None and self.default_kind not in ("MATERIALIZED", "ALIAS")
