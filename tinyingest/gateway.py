@@ -125,6 +125,11 @@ class QueryCancelled(SinkError):
     """The query's client went away before the query was sent: it never ran."""
 
 
+class TooManyQueries(SinkError):
+    """Every query connection is taken and ``query_max_waiting`` queries wait already:
+    the query was not queued (answered 429, as Tinybird does over its limits)."""
+
+
 class RunningQuery:
     """One endpoint query, shared by its handler (whose client may hang up at any moment)
     and the pool thread that runs it. The lock orders "sent to the engine" against
@@ -163,7 +168,8 @@ class Gateway:
                  spool_dir: str = "spool", readers: Sequence[Sink] = (),
                  insert_sinks: Sequence[Sink] = ()) -> None:
         """:param sink: creates the tables, inserts, and runs queries if there are no readers.
-        :param readers: connections for queries; none: queries share the writer's.
+        :param readers: connections for queries (:meth:`EmbeddedSink.reader` on chDB);
+            none: queries share the writer's, and wait for its inserts.
         :param insert_sinks: more connections for inserts, beside ``sink``."""
         self.settings = settings
         self.sink = sink
@@ -415,11 +421,17 @@ class Gateway:
             finally:
                 if running is not None:
                     running.end()
+        pool = self.readers if self.readers is not None else self.writer
+        # Past its connections, a query waits for one, up to a bound: each one runs for
+        # its timeout at most, so the wait is bounded too.
+        if self.queries_in_flight >= pool.size + self.settings.query_max_waiting:
+            raise TooManyQueries(
+                f"too many queries at once: {pool.size} running and "
+                f"{self.settings.query_max_waiting} waiting, the limits set by "
+                f"TINYINGEST_QUERY_CONNECTIONS and TINYINGEST_QUERY_MAX_WAITING")
         self.queries_in_flight += 1
         try:
-            if self.readers is not None:
-                return await self.readers.run(run)
-            return await self.writer.run(run)
+            return await pool.run(run)
         finally:
             self.queries_in_flight -= 1
 
