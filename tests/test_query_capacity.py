@@ -156,6 +156,11 @@ def test_query_beyond_the_connections_and_the_waiting_places_gets_429(
         assert response.headers["retry-after"] == "1"
         assert "TINYINGEST_QUERY_MAX_WAITING" in response.json()["error"]
         assert unanswered(running) and unanswered(waiting)
+        # A waiting query whose client leaves gives its place up at once (it never runs).
+        waiting.close()
+        waiting = None
+        assert wait_until(lambda: in_flight(gateway) == 1), "the abandoned query still waits"
+        assert unanswered(running)
     finally:
         hang_up(gateway, running, *([waiting] if waiting is not None else []))
     # Room again: the same query runs.

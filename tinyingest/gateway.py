@@ -142,6 +142,9 @@ class RunningQuery:
         self._cancelled = False
         self._started = False
         self._ended = threading.Event()
+        #: The pool call while the query waits for a connection: cancelled with the query,
+        #: so that an abandoned query gives up its waiting place at once.
+        self.waiting: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
         """In the pool thread, just before the query is sent."""
@@ -430,10 +433,22 @@ class Gateway:
                 f"{self.settings.query_max_waiting} waiting, the limits set by "
                 f"TINYINGEST_QUERY_CONNECTIONS and TINYINGEST_QUERY_MAX_WAITING")
         self.queries_in_flight += 1
+        call = asyncio.ensure_future(pool.run(run))
+        if running is not None:
+            running.waiting = call
         try:
-            return await pool.run(run)
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if running is None or not call.cancelled() or \
+                    (current is not None and current.cancelling()):
+                raise  # not the query's cancel (shutdown): let it go on
+            raise QueryCancelled(f"query {running.query_id} cancelled before it started") \
+                from None
         finally:
             self.queries_in_flight -= 1
+            if running is not None:
+                running.waiting = None
 
     async def unready(self) -> str | None:
         """Why this gateway should not get traffic now (draining, ClickHouse not
@@ -457,6 +472,10 @@ class Gateway:
         """Stop a query whose client went away (ClickHouse would run it on for minutes):
         a query still waiting for a connection is never sent; a sent one is killed."""
         if not running.cancel():
+            if running.waiting is not None:
+                # Never sent: leave the pool's queue (a thread that has just taken it
+                # finds it cancelled and does not send it).
+                running.waiting.cancel()
             return
         try:
             await asyncio.get_running_loop().run_in_executor(self._cancels, self._kill, running)
