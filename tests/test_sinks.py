@@ -7,6 +7,9 @@ import collections
 import datetime
 import socket
 import struct
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from tinyingest.native import encode_block, encode_rows
 from tinyingest.schema import ColumnSpec
 from tinyingest.sinks import Sink, SinkError
 from tinyingest.sinks.clickhouse import ClickHouseSink
+from tinyingest.sinks.embedded import EmbeddedSink
 from tinyingest.testing import ClickHouseServer
 
 EPOCH = datetime.date(1970, 1, 1)
@@ -270,4 +274,50 @@ def test_query_errors_leave_a_working_connection(clickhouse_server: ClickHouseSe
         assert info.value.code == 47  # UNKNOWN_IDENTIFIER
         assert sink.query("SELECT 2 AS two").rows == [(2,)]
     finally:
+        sink.close()
+
+
+#: Hours of work for the engine, in blocks of 65,536 rows (KILL QUERY acts between them).
+ENDLESS = "SELECT count() FROM numbers(1000000000000) WHERE NOT ignore(cityHash64(number))"
+
+
+def test_embedded_readers_query_beside_inserts_and_each_other(tmp_path: Path) -> None:
+    sink = EmbeddedSink(str(tmp_path / "chdb"))
+    readers = [sink.reader(), sink.reader()]
+    outcome: list[BaseException | None] = []
+
+    def endless() -> None:
+        try:
+            readers[0].query(ENDLESS, max_execution_time=120, query_id="endless-1")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    def listed() -> int:
+        return int(readers[1].query(
+            "SELECT count() FROM system.processes "
+            "WHERE startsWith(query, '/* tinyingest query endless-1 */')").rows[0][0])
+
+    thread = threading.Thread(target=endless)
+    try:
+        sink.execute("CREATE TABLE t (a String) ENGINE = MergeTree ORDER BY a")
+        thread.start()
+        deadline = time.monotonic() + 10
+        while listed() == 0:
+            assert time.monotonic() < deadline, "the endless query never started"
+            time.sleep(0.01)
+        # The writer's connection and another reader's are not held up by the query.
+        sink.insert("t", encode_rows(["a"], ["String"], [("x",), ("y",)]))
+        assert readers[1].query("SELECT count() FROM t").rows == [(2,)]
+        assert thread.is_alive() and listed() == 1 and not outcome
+        assert sink.cancel("endless-1")
+        thread.join(10)
+        assert not thread.is_alive(), "KILL QUERY did not stop the reader's query"
+        assert isinstance(outcome[0], SinkError) and outcome[0].code == 394  # QUERY_WAS_CANCELLED
+    finally:
+        if thread.is_alive():
+            sink.cancel("endless-1")
+            thread.join(10)
+        for reader in readers:
+            reader.close()
         sink.close()

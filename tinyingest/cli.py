@@ -59,6 +59,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     from tinyingest.limits import LimitedHTTPServer, connection_cap, raise_nofile_limit
     from tinyingest.routes import make_app
     from tinyingest.sinks import SinkError
+    from tinyingest.sinks.embedded import EmbeddedSink
     from tinyingest.template import TemplateError
 
     try:
@@ -72,11 +73,13 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None,
     sink = make_sink(settings)
     # Each worker owns its spool; a single process keeps the plain name.
     spool_dir = "spool" if worker is None else f"spool-{worker}"
-    # Queries get connections of their own on a server, and inserts more than one; chDB is
-    # one engine per process.
-    readers = [make_sink(settings, for_queries=True)
-               for _ in range(settings.query_connections)] \
-        if settings.clickhouse_url else []
+    # Queries get connections of their own, so that an insert never waits for a query:
+    # on a server, and on chDB's one engine per process (its connections run at once).
+    if isinstance(sink, EmbeddedSink):
+        readers: list[Sink] = [sink.reader() for _ in range(settings.query_connections)]
+    else:
+        readers = [make_sink(settings, for_queries=True)
+                   for _ in range(settings.query_connections)]
     insert_sinks = [make_sink(settings) for _ in range(settings.insert_connections - 1)] \
         if settings.clickhouse_url else []
     gateway = Gateway(settings, sink, project, spool_dir=spool_dir, readers=readers,

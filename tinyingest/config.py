@@ -138,8 +138,11 @@ class Settings:
     #: Endpoint and /v0/sql queries: seconds and rows before they are stopped.
     query_timeout: float = 10.0
     query_max_rows: int = 100_000
-    #: Connections for endpoint and /v0/sql queries on a ClickHouse server.
+    #: Endpoint and /v0/sql queries that run at once, each on a connection of its own
+    #: (a ClickHouse server's, or chDB's): inserts have theirs, so they never wait for one.
     query_connections: int = 4
+    #: Queries that may wait for a query connection; more are answered 429.
+    query_max_waiting: int = 16
     #: Inserts in flight at once on a ClickHouse server (one connection each): while the
     #: server writes one batch the next one is sent. chDB takes one at a time.
     insert_connections: int = 2
@@ -186,6 +189,8 @@ class Settings:
             "query_max_rows": _env_int("TINYINGEST_QUERY_MAX_ROWS", cls.query_max_rows),
             "query_connections": _env_int("TINYINGEST_QUERY_CONNECTIONS",
                                           cls.query_connections),
+            "query_max_waiting": _env_int("TINYINGEST_QUERY_MAX_WAITING",
+                                          cls.query_max_waiting),
             "insert_connections": _env_int("TINYINGEST_INSERT_CONNECTIONS",
                                            cls.insert_connections),
         }

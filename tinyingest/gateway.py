@@ -159,6 +159,11 @@ class QueryCancelled(SinkError):
     """The query's client went away before the query was sent: it never ran."""
 
 
+class TooManyQueries(SinkError):
+    """Every query connection is taken and ``query_max_waiting`` queries wait already:
+    the query was not queued (answered 429, as Tinybird does over its limits)."""
+
+
 class RunningQuery:
     """One endpoint query, shared by its handler (whose client may hang up at any moment)
     and the pool thread that runs it. The lock orders "sent to the engine" against
@@ -171,6 +176,9 @@ class RunningQuery:
         self._cancelled = False
         self._started = False
         self._ended = threading.Event()
+        #: The pool call while the query waits for a connection: cancelled with the query,
+        #: so that an abandoned query gives up its waiting place at once.
+        self.waiting: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
         """In the pool thread, just before the query is sent."""
@@ -197,7 +205,8 @@ class Gateway:
                  spool_dir: str = "spool", readers: Sequence[Sink] = (),
                  insert_sinks: Sequence[Sink] = ()) -> None:
         """:param sink: creates the tables, inserts, and runs queries if there are no readers.
-        :param readers: connections for queries; none: queries share the writer's.
+        :param readers: connections for queries (:meth:`EmbeddedSink.reader` on chDB);
+            none: queries share the writer's, and wait for its inserts.
         :param insert_sinks: more connections for inserts, beside ``sink``."""
         self.settings = settings
         self.sink = sink
@@ -463,13 +472,31 @@ class Gateway:
             finally:
                 if running is not None:
                     running.end()
+        pool = self.readers if self.readers is not None else self.writer
+        # Past its connections, a query waits for one, up to a bound: each one runs for
+        # its timeout at most, so the wait is bounded too.
+        if self.queries_in_flight >= pool.size + self.settings.query_max_waiting:
+            raise TooManyQueries(
+                f"too many queries at once: {pool.size} running and "
+                f"{self.settings.query_max_waiting} waiting, the limits set by "
+                f"TINYINGEST_QUERY_CONNECTIONS and TINYINGEST_QUERY_MAX_WAITING")
         self.queries_in_flight += 1
+        call = asyncio.ensure_future(pool.run(run))
+        if running is not None:
+            running.waiting = call
         try:
-            if self.readers is not None:
-                return await self.readers.run(run)
-            return await self.writer.run(run)
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if running is None or not call.cancelled() or \
+                    (current is not None and current.cancelling()):
+                raise  # not the query's cancel (shutdown): let it go on
+            raise QueryCancelled(f"query {running.query_id} cancelled before it started") \
+                from None
         finally:
             self.queries_in_flight -= 1
+            if running is not None:
+                running.waiting = None
 
     async def unready(self) -> str | None:
         """Why this gateway should not get traffic now (draining, ClickHouse not
@@ -493,6 +520,10 @@ class Gateway:
         """Stop a query whose client went away (ClickHouse would run it on for minutes):
         a query still waiting for a connection is never sent; a sent one is killed."""
         if not running.cancel():
+            if running.waiting is not None:
+                # Never sent: leave the pool's queue (a thread that has just taken it
+                # finds it cancelled and does not send it).
+                running.waiting.cancel()
             return
         try:
             await asyncio.get_running_loop().run_in_executor(self._cancels, self._kill, running)

@@ -53,6 +53,7 @@ from tinyingest.gateway import (
     RunningQuery,
     SmallBodies,
     Table,
+    TooManyQueries,
     new_import_id,
 )
 from tinyingest.idempotency import MAX_REQUEST_ID_BYTES, Answer
@@ -977,6 +978,8 @@ class QueryHandler(BaseHandler):
         try:
             result = await self.gateway.query(sql, limits, settings=compiled.settings,
                                               running=self._running)
+        except TooManyQueries as error:
+            raise APIError(429, str(error), {"Retry-After": "1"}) from None
         except SinkError as error:
             if self._client_gone:
                 return  # cancelled because the client left: no one to answer

@@ -15,13 +15,19 @@ on a data directory of its own. It speaks the same SQL as a current ClickHouse s
   ``readonly=1`` and the limits as connection settings; a ``SETTINGS`` clause in the SQL
   can then neither lift the limits nor write (chDB runs every ``;``-separated statement,
   so a per-query ``SETTINGS`` suffix would not be enough).
+* **Concurrency**: chDB runs one call at a time per connection (a second thread's call
+  on the same connection waits for the first) and calls on different connections at
+  once, with the GIL released. :meth:`~EmbeddedSink.reader` gives a sink with
+  connections of its own, so queries on it never wait for this one's inserts.
 
 chDB hosts one engine per process, bound to one data directory: open one EmbeddedSink
-per process and :meth:`~EmbeddedSink.close` it before opening another directory.
+per process (and its readers) and :meth:`~EmbeddedSink.close` it before opening another
+directory.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -41,6 +47,8 @@ _CODE = re.compile(r"Code: (\d+)\. (?:DB::Exception: )?")
 _VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+[^)]*\)\.?$")
 _MAX_READERS = 8  # cached query connections, one per distinct (readonly, limits)
 _QUERY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: Readers open their connections from their pool threads: one chdb.connect at a time.
+_CONNECT_LOCK = threading.Lock()
 
 
 def _query_tag(query_id: str) -> str:
@@ -123,9 +131,27 @@ class EmbeddedSink:
         hosts one engine per process: a connection elsewhere would be refused)."""
         self._connection()  # raises when closed
         try:
-            return self._chdb.connect(self._connection_string(settings))
+            with _CONNECT_LOCK:
+                return self._chdb.connect(self._connection_string(settings))
         except Exception as e:
             raise _sink_error(e) from e
+
+    def reader(self) -> EmbeddedSink:
+        """A sink for queries on this engine, with connections of its own: its queries
+        run beside this sink's inserts and the other readers' queries (chDB serializes
+        the calls of one connection only). Close it before or after this sink.
+
+        >>> readers = [sink.reader() for _ in range(4)]  # doctest: +SKIP
+
+        .. versionadded:: 0.2
+        """
+        reader = copy.copy(self)
+        reader._conn = self.connect({})
+        reader._readers = OrderedDict()
+        reader._killer = None
+        reader._killer_lock = threading.Lock()
+        reader._decoder = NativeDecoder(self._timezone)  # a driver context per thread
+        return reader
 
     def _connection(self) -> Any:
         if self._conn is None:
