@@ -625,7 +625,8 @@ def test_empty_and_missing_project(tmp_path: Path) -> None:
 def test_write_example_project_refuses_to_overwrite(tmp_path: Path) -> None:
     written = write_example_project(tmp_path / "proj")
     relative = sorted(str(path.relative_to(tmp_path / "proj")) for path in written)
-    assert relative == ["README.md", "datasources/events.datasource", "pipes/top_events.pipe"]
+    assert relative == ["README.md", "datasources/events.datasource", "events.ndjson",
+                        "pipes/top_events.pipe"]
     assert set(load_project(tmp_path / "proj").datasources) == {"events"}
     readme = tmp_path / "proj" / "README.md"
     readme.write_text("mine")
