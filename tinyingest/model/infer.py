@@ -288,8 +288,9 @@ class _Types:
         if stats.kinds & (_OBJECT | _OTHER) or (stats.kinds & _ARRAY and stats.kinds != _ARRAY):
             return None
         inner = self.value_type(stats)
-        if inner.startswith("Array("):
-            return inner  # a null inner array is stored as []
+        if stats.kinds == _ARRAY:
+            # A null inner array is stored as []; inner arrays no Array holds: none.
+            return inner if inner.startswith("Array(") else None
         return f"Nullable({inner})" if stats.nulls else inner
 
     def _integer(self, low: int, high: int) -> str:
