@@ -1,0 +1,1 @@
+"""What the gateway knows about data before any table exists: inferred schemas."""
